@@ -1,0 +1,157 @@
+-- The payment tables. Rows the user's business depends on are marked for pg_dump;
+-- secrets are deliberately not (a restore must be followed by payment.configure).
+
+CREATE TABLE payment.installation (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    id         uuid NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE payment.installation IS
+    'This database''s installation id, sent in Stripe metadata so two databases on one Stripe account never apply each other''s objects. Created on first use, kept by pg_dump.';
+
+CREATE TABLE payment.secrets (
+    kind       text NOT NULL CHECK (kind IN ('secret_key', 'publishable_key', 'webhook_secret')),
+    value      text NOT NULL,
+    livemode   boolean NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (kind, value)
+);
+COMMENT ON TABLE payment.secrets IS
+    'Stripe keys and webhook secrets. Readable by payment_owner only; left out of pg_dump on purpose.';
+
+CREATE TABLE payment.order_link (
+    singleton       boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    order_table     regclass NOT NULL,
+    table_name      text NOT NULL,
+    id_column       name NOT NULL,
+    amount_column   name NOT NULL,
+    user_column     name NOT NULL,
+    status_column   name NOT NULL,
+    currency_column name,
+    paid_status     text NOT NULL,
+    -- "col type, ..." of the linked columns when linked: the DDL guard refuses changes to it.
+    column_signature text NOT NULL,
+    linked_at       timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE payment.order_link IS 'The application''s order table, linked once by payment.link_order_table().';
+
+CREATE TABLE payment.callbacks (
+    kind       text NOT NULL CHECK (kind IN ('payment', 'refund', 'recurring_management', 'recurring_deduction')),
+    handler    regprocedure NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (kind, handler)
+);
+COMMENT ON TABLE payment.callbacks IS 'Business logic registered with payment.add_callback(), run from the triggers on the payment tables.';
+
+CREATE SEQUENCE payment.recurring_payments_id_seq;
+CREATE TABLE payment.recurring_payments (
+    id                     bigint PRIMARY KEY DEFAULT pg_catalog.nextval('payment.recurring_payments_id_seq'),
+    order_id               bigint NOT NULL,
+    price_id               text,
+    stripe_customer_id     text,
+    stripe_subscription_id text UNIQUE,
+    status                 text NOT NULL DEFAULT 'incomplete' CHECK (status IN (
+                               'incomplete', 'incomplete_expired', 'trialing', 'active',
+                               'past_due', 'canceled', 'unpaid', 'paused')),
+    cancel_at_period_end   boolean NOT NULL DEFAULT false,
+    current_period_start   timestamptz,
+    current_period_end     timestamptz,
+    canceled_at            timestamptz,
+    livemode               boolean NOT NULL DEFAULT false,
+    last_event_at          timestamptz,
+    created_at             timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at             timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+ALTER SEQUENCE payment.recurring_payments_id_seq OWNED BY payment.recurring_payments.id;
+CREATE INDEX recurring_payments_order_id_idx ON payment.recurring_payments (order_id);
+
+CREATE SEQUENCE payment.payments_id_seq;
+CREATE TABLE payment.payments (
+    id                       bigint PRIMARY KEY DEFAULT pg_catalog.nextval('payment.payments_id_seq'),
+    order_id                 bigint NOT NULL,
+    recurring_payment_id     bigint REFERENCES payment.recurring_payments (id),
+    amount                   bigint NOT NULL CHECK (amount >= 0),
+    currency                 text NOT NULL CHECK (currency ~ '^[a-z]{3}$'),
+    status                   text NOT NULL DEFAULT 'pending' CHECK (status IN (
+                                 'pending', 'requires_action', 'processing', 'succeeded', 'failed',
+                                 'canceled', 'partially_refunded', 'refunded')),
+    amount_received          bigint NOT NULL DEFAULT 0 CHECK (amount_received >= 0),
+    amount_refunded          bigint NOT NULL DEFAULT 0 CHECK (amount_refunded >= 0),
+    stripe_payment_intent_id text UNIQUE,
+    stripe_charge_id         text,
+    stripe_invoice_id        text UNIQUE,
+    client_secret            text,
+    failure_code             text,
+    failure_message          text,
+    livemode                 boolean NOT NULL DEFAULT false,
+    last_event_at            timestamptz,
+    created_at               timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at               timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+ALTER SEQUENCE payment.payments_id_seq OWNED BY payment.payments.id;
+CREATE INDEX payments_order_id_idx ON payment.payments (order_id);
+CREATE INDEX payments_stripe_charge_id_idx ON payment.payments (stripe_charge_id) WHERE stripe_charge_id IS NOT NULL;
+CREATE INDEX payments_recurring_payment_id_idx ON payment.payments (recurring_payment_id) WHERE recurring_payment_id IS NOT NULL;
+
+CREATE SEQUENCE payment.refunds_id_seq;
+CREATE TABLE payment.refunds (
+    id               bigint PRIMARY KEY DEFAULT pg_catalog.nextval('payment.refunds_id_seq'),
+    payment_id       bigint NOT NULL REFERENCES payment.payments (id),
+    amount           bigint NOT NULL CHECK (amount > 0),
+    currency         text NOT NULL CHECK (currency ~ '^[a-z]{3}$'),
+    status           text NOT NULL DEFAULT 'pending' CHECK (status IN (
+                         'pending', 'requires_action', 'succeeded', 'failed', 'canceled')),
+    reason           text,
+    stripe_refund_id text UNIQUE,
+    failure_reason   text,
+    last_event_at    timestamptz,
+    created_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at       timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+ALTER SEQUENCE payment.refunds_id_seq OWNED BY payment.refunds.id;
+CREATE INDEX refunds_payment_id_idx ON payment.refunds (payment_id);
+
+CREATE TABLE payment.events (
+    id           text PRIMARY KEY,
+    type         text NOT NULL,
+    livemode     boolean NOT NULL,
+    api_version  text,
+    created      timestamptz NOT NULL,
+    received_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    processed_at timestamptz,
+    payload      jsonb NOT NULL,
+    outcome      text NOT NULL CHECK (outcome IN ('applied', 'ignored', 'failed')),
+    error        text
+);
+CREATE INDEX events_failed_idx ON payment.events (received_at) WHERE outcome = 'failed';
+COMMENT ON TABLE payment.events IS 'Every verified Stripe webhook event, with what processing it did (the callback-processed record).';
+
+CREATE SEQUENCE payment.api_requests_id_seq;
+CREATE TABLE payment.api_requests (
+    id                bigint PRIMARY KEY DEFAULT pg_catalog.nextval('payment.api_requests_id_seq'),
+    method            text NOT NULL,
+    path              text NOT NULL,
+    idempotency_key   text,
+    http_status       integer,
+    stripe_request_id text,
+    duration_ms       integer NOT NULL,
+    error_type        text,
+    error_code        text,
+    created_at        timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+ALTER SEQUENCE payment.api_requests_id_seq OWNED BY payment.api_requests.id;
+COMMENT ON TABLE payment.api_requests IS 'Every outgoing Stripe call, retries included. Never holds a key or card data.';
+
+-- pg_dump keeps the rows the business depends on, and the sequences so new rows get fresh ids.
+SELECT pg_catalog.pg_extension_config_dump('payment.installation', '');
+SELECT pg_catalog.pg_extension_config_dump('payment.order_link', '');
+SELECT pg_catalog.pg_extension_config_dump('payment.callbacks', '');
+SELECT pg_catalog.pg_extension_config_dump('payment.recurring_payments', '');
+SELECT pg_catalog.pg_extension_config_dump('payment.payments', '');
+SELECT pg_catalog.pg_extension_config_dump('payment.refunds', '');
+SELECT pg_catalog.pg_extension_config_dump('payment.events', '');
+SELECT pg_catalog.pg_extension_config_dump('payment.api_requests', '');
+SELECT pg_catalog.pg_extension_config_dump('payment.recurring_payments_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('payment.payments_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('payment.refunds_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('payment.api_requests_id_seq', '');

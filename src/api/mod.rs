@@ -1,0 +1,7 @@
+//! The SQL-facing functions: thin wrappers that check arguments, call the domain and turn
+//! its errors into Postgres errors. All live in the schema `payment`.
+
+pub mod callbacks;
+pub mod config;
+pub mod order_link;
+pub mod webhooks;

@@ -1,0 +1,210 @@
+//! The four system callbacks: the triggers on the payment tables that announce each status
+//! change (NOTIFY) and run the business logic registered with `payment.add_callback`.
+//!
+//! The triggers act only on changes the extension itself makes (an event being applied, or
+//! an API call): a `pg_dump` restore, or a row an owner inserts by hand, fires nothing.
+
+use crate::error::{PaymentError, Result};
+use crate::gucs;
+use crate::store::{self, INT8, TEXT};
+use pgrx::prelude::*;
+use pgrx::{pg_sys, JsonB};
+use serde_json::json;
+use std::cell::RefCell;
+
+/// Who is writing to the payment tables right now, in this backend.
+#[derive(Debug, Clone, Default)]
+pub struct Writer {
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+}
+
+thread_local! {
+    static WRITER: RefCell<Option<Writer>> = const { RefCell::new(None) };
+}
+
+/// Mark the extension as the writer while `f` runs, so the triggers act.
+pub fn while_writing<R>(writer: Writer, f: impl FnOnce() -> R) -> R {
+    let previous = WRITER.with(|w| w.replace(Some(writer)));
+    let previous = std::cell::Cell::new(previous);
+    PgTryBuilder::new(std::panic::AssertUnwindSafe(f))
+        .finally(|| WRITER.with(|w| *w.borrow_mut() = previous.take()))
+        .execute()
+}
+
+fn current_writer() -> Option<Writer> {
+    WRITER.with(|w| w.borrow().clone())
+}
+
+/// `kind` as the callbacks table names it, for a change to `table`.
+fn callback_kind(table: &str, inserted_renewal: bool) -> &'static str {
+    match table {
+        "refunds" => "refund",
+        "recurring_payments" => "recurring_management",
+        _ if inserted_renewal => "recurring_deduction",
+        _ => "payment",
+    }
+}
+
+#[pg_trigger(sql = false)]
+fn on_status_change<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> std::result::Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, PaymentError> {
+    let Some(writer) = current_writer() else {
+        return Ok(trigger.new());
+    };
+    let table = trigger
+        .table_name()
+        .map_err(|e| PaymentError::invalid(e.to_string()))?;
+    let new = trigger
+        .new()
+        .ok_or_else(|| PaymentError::invalid("status trigger without a new row"))?;
+    let id: i64 = get_i64(&new, "id")?.unwrap_or_default();
+    let status: String = get_text(&new, "status")?.unwrap_or_default();
+    let previous_status: Option<String> = match trigger.old() {
+        Some(old) => get_text(&old, "status")?,
+        None => None,
+    };
+    let inserted = previous_status.is_none() && trigger.old().is_none();
+    let order_id: Option<i64> = if table == "refunds" {
+        let payment_id: i64 = get_i64(&new, "payment_id")?.unwrap_or_default();
+        order_of_payment(payment_id)?
+    } else {
+        get_i64(&new, "order_id")?
+    };
+    let renewal =
+        table == "payments" && inserted && get_i64(&new, "recurring_payment_id")?.is_some();
+
+    notify(&table, id, order_id, &status)?;
+
+    let kind = callback_kind(&table, renewal);
+    let handlers = handlers_for(kind)?;
+    if handlers.is_empty() {
+        return Ok(Some(new));
+    }
+    let row = row_json(&table, id)?;
+    let callback = json!({
+        "kind": kind,
+        "event_id": writer.event_id,
+        "event_type": writer.event_type,
+        "table": table,
+        "id": id,
+        "order_id": order_id,
+        "status": status,
+        "previous_status": previous_status,
+        "row": row,
+    });
+    for handler in handlers {
+        run_handler(&handler, &callback)?;
+    }
+    Ok(Some(new))
+}
+
+fn get_i64(tuple: &PgHeapTuple<'_, impl WhoAllocated>, column: &str) -> Result<Option<i64>> {
+    tuple
+        .get_by_name::<i64>(column)
+        .map_err(|e| PaymentError::invalid(format!("{column}: {e}")))
+}
+
+fn get_text(tuple: &PgHeapTuple<'_, impl WhoAllocated>, column: &str) -> Result<Option<String>> {
+    tuple
+        .get_by_name::<String>(column)
+        .map_err(|e| PaymentError::invalid(format!("{column}: {e}")))
+}
+
+const NOTIFY: &str = "SELECT pg_catalog.pg_notify($1, $2)";
+
+/// NOTIFY with no amounts, customers or secrets: any role may LISTEN.
+fn notify(table: &str, id: i64, order_id: Option<i64>, status: &str) -> Result<()> {
+    let channel =
+        gucs::string_setting(&gucs::NOTIFY_CHANNEL).unwrap_or_else(|| "pg_payment".into());
+    let payload =
+        json!({"table": table, "id": id, "order_id": order_id, "status": status}).to_string();
+    Spi::connect(|client| -> Result<()> {
+        let stmt = store::plan(client, NOTIFY, &[TEXT, TEXT])?;
+        client.select(
+            stmt,
+            None,
+            &[channel.as_str().into(), payload.as_str().into()],
+        )?;
+        Ok(())
+    })
+}
+
+const ORDER_OF_PAYMENT: &str = "SELECT order_id FROM payment.payments WHERE id = $1";
+
+fn order_of_payment(payment_id: i64) -> Result<Option<i64>> {
+    Spi::connect(|client| -> Result<Option<i64>> {
+        let stmt = store::plan(client, ORDER_OF_PAYMENT, &[INT8])?;
+        store::first_value::<i64>(client.select(stmt, Some(1), &[payment_id.into()])?)
+    })
+}
+
+struct Handler {
+    oid: pg_sys::Oid,
+    owner: pg_sys::Oid,
+    call_sql: String,
+}
+
+const HANDLERS_FOR: &str = "\
+    SELECT c.handler::oid, p.proowner, \
+           'SELECT ' || pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(p.proname) || '($1)' \
+      FROM payment.callbacks c \
+      LEFT JOIN pg_catalog.pg_proc p ON p.oid = c.handler \
+      LEFT JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     WHERE c.kind = $1 \
+     ORDER BY c.created_at, c.handler::oid";
+
+fn handlers_for(kind: &str) -> Result<Vec<Handler>> {
+    Spi::connect(|client| -> Result<Vec<Handler>> {
+        let stmt = store::plan(client, HANDLERS_FOR, &[TEXT])?;
+        let mut handlers = Vec::new();
+        for row in client.select(stmt, None, &[kind.into()])? {
+            let oid: pg_sys::Oid = row.get(1)?.unwrap_or(pg_sys::Oid::INVALID);
+            // A regprocedure records no dependency: a dropped handler must fail loudly,
+            // never be skipped, or the business logic silently stops running.
+            let (Some(owner), Some(call_sql)) = (row.get::<pg_sys::Oid>(2)?, row.get::<String>(3)?)
+            else {
+                return Err(PaymentError::NotFound(format!(
+                    "the {kind} callback handler with oid {} no longer exists",
+                    oid.to_u32()
+                )));
+            };
+            handlers.push(Handler {
+                oid,
+                owner,
+                call_sql,
+            });
+        }
+        Ok(handlers)
+    })
+}
+
+const ROW_JSON_PAYMENTS: &str =
+    "SELECT pg_catalog.to_jsonb(t) FROM payment.payments t WHERE id = $1";
+const ROW_JSON_REFUNDS: &str = "SELECT pg_catalog.to_jsonb(t) FROM payment.refunds t WHERE id = $1";
+const ROW_JSON_RECURRING: &str =
+    "SELECT pg_catalog.to_jsonb(t) FROM payment.recurring_payments t WHERE id = $1";
+
+fn row_json(table: &str, id: i64) -> Result<serde_json::Value> {
+    let sql = match table {
+        "refunds" => ROW_JSON_REFUNDS,
+        "recurring_payments" => ROW_JSON_RECURRING,
+        _ => ROW_JSON_PAYMENTS,
+    };
+    Spi::connect(|client| -> Result<serde_json::Value> {
+        let stmt = store::plan(client, sql, &[INT8])?;
+        let row = store::first_value::<JsonB>(client.select(stmt, Some(1), &[id.into()])?)?;
+        Ok(row.map(|j| j.0).unwrap_or(serde_json::Value::Null))
+    })
+}
+
+/// Call the handler as its owner, not as payment_owner: it can then update the app's own
+/// tables and cannot read the secrets. It runs in the transaction of the change.
+fn run_handler(handler: &Handler, callback: &serde_json::Value) -> Result<()> {
+    let _ = handler.oid;
+    store::as_role(handler.owner, || -> Result<()> {
+        Spi::run_with_args(&handler.call_sql, &[JsonB(callback.clone()).into()])?;
+        Ok(())
+    })
+}

@@ -1,0 +1,146 @@
+//! The one error type of the extension, and the one place it becomes a Postgres error.
+//!
+//! Every variant knows its SQLSTATE: a webhook relay maps class 22/28 to HTTP 400
+//! and anything else to 500, so the class is part of the contract.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentError {
+    /// A required argument was NULL.
+    NullArgument(&'static str),
+    /// Input that is well-formed but not acceptable (bad key prefix, bad column type...).
+    InvalidParameter {
+        message: String,
+        hint: Option<String>,
+    },
+    /// The webhook body is not a Stripe event (broken JSON, wrong shape, too large).
+    InvalidPayload(String),
+    /// The Stripe-Signature header is missing parts, wrong, or too old.
+    SignatureRejected(String),
+    /// Something must be set up first (configure, link_order_table...).
+    NotConfigured { message: String, hint: String },
+    /// The caller may not do this.
+    PermissionDenied {
+        message: String,
+        hint: Option<String>,
+    },
+    /// The session is in a state we refuse (isolation level).
+    WrongIsolation(String),
+    /// A change that would break the order link or lose payment history.
+    LinkViolation { message: String, hint: String },
+    /// An object that does not exist (payment id, handler...).
+    NotFound(String),
+}
+
+pub type Result<T, E = PaymentError> = std::result::Result<T, E>;
+
+impl PaymentError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        PaymentError::InvalidParameter {
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn invalid_with_hint(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        PaymentError::InvalidParameter {
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
+    }
+
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            PaymentError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            PaymentError::InvalidParameter { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+            PaymentError::InvalidPayload(_) => ERRCODE_INVALID_TEXT_REPRESENTATION,
+            PaymentError::SignatureRejected(_) => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            PaymentError::NotConfigured { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            PaymentError::PermissionDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            PaymentError::WrongIsolation(_) => ERRCODE_ACTIVE_SQL_TRANSACTION,
+            PaymentError::LinkViolation { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            PaymentError::NotFound(_) => ERRCODE_NO_DATA_FOUND,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            PaymentError::NullArgument(arg) => format!("pg_payment: {arg} must not be NULL"),
+            PaymentError::InvalidParameter { message, .. }
+            | PaymentError::InvalidPayload(message)
+            | PaymentError::SignatureRejected(message)
+            | PaymentError::NotConfigured { message, .. }
+            | PaymentError::PermissionDenied { message, .. }
+            | PaymentError::WrongIsolation(message)
+            | PaymentError::LinkViolation { message, .. }
+            | PaymentError::NotFound(message) => format!("pg_payment: {message}"),
+        }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            PaymentError::InvalidParameter { hint, .. }
+            | PaymentError::PermissionDenied { hint, .. } => hint.clone(),
+            PaymentError::NotConfigured { hint, .. } | PaymentError::LinkViolation { hint, .. } => {
+                Some(hint.clone())
+            }
+            PaymentError::SignatureRejected(_) => Some(
+                "Pass the raw request body and the Stripe-Signature header unchanged, and check \
+                 that the endpoint's signing secret was added with payment.add_webhook_secret()."
+                    .into(),
+            ),
+            PaymentError::InvalidPayload(_) => {
+                Some("Pass the raw body of Stripe's webhook request, byte for byte.".into())
+            }
+            PaymentError::WrongIsolation(_) => {
+                Some("Run it in a READ COMMITTED transaction (the default).".into())
+            }
+            _ => None,
+        }
+    }
+
+    /// Raise this error in Postgres. Never returns.
+    pub fn raise(self) -> ! {
+        let mut report = ErrorReport::new(self.sqlstate(), self.message(), "pg_payment");
+        if let Some(hint) = self.hint() {
+            report = report.set_hint(hint);
+        }
+        report.report(PgLogLevel::ERROR);
+        unreachable!("ERROR does not return")
+    }
+}
+
+impl std::fmt::Display for PaymentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl std::error::Error for PaymentError {}
+
+/// SPI failures are bugs or catalog races, not user errors; they keep Postgres's own report.
+impl From<pgrx::spi::SpiError> for PaymentError {
+    fn from(e: pgrx::spi::SpiError) -> Self {
+        PaymentError::InvalidParameter {
+            message: format!("internal query failed: {e}"),
+            hint: None,
+        }
+    }
+}
+
+/// Unwrap a domain result at the SQL boundary.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for Result<T> {
+    fn or_raise(self) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => e.raise(),
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! pg_payment: Stripe payments as a PostgreSQL feature.
+//!
+//! The map:
+//! - `api`: the SQL functions of the schema `payment` (thin; they call the domain);
+//! - `webhook`: `process_stripe_event`: signature, event parsing, forward-only rules, apply;
+//! - `callbacks`: the triggers that NOTIFY and run the app's registered business logic;
+//! - `store`: prepared statements, subtransactions, secrets and the linked order table;
+//! - `gucs`: every `pg_payment.*` setting; `error`: the one error type and its SQLSTATEs.
+//!
+//! The schema itself is SQL, in `sql/`, run in this order: bootstrap (roles, schema),
+//! tables, api (triggers and guards), then the Rust functions, then finalize (owners, grants).
+
+use pgrx::prelude::*;
+
+mod api;
+mod callbacks;
+mod error;
+mod gucs;
+mod store;
+mod webhook;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!("../sql/tables.sql", name = "tables");
+extension_sql_file!("../sql/api.sql", name = "api", requires = ["tables"]);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+/// Declares the schema to pgrx, so `#[pg_extern(schema = "payment")]` can name it. The
+/// schema itself is created (and checked for a non-member squatter) in bootstrap.sql.
+#[pg_schema]
+mod payment {}
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

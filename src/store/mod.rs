@@ -1,0 +1,176 @@
+//! Database access shared by the domain: statements prepared once per backend,
+//! subtransactions, and running code as another role.
+
+use crate::error::{PaymentError, Result};
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::pg_sys::{self, PgBuiltInOids, PgOid};
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+
+pub mod orders;
+pub mod secrets;
+
+pub const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
+pub const INT8: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT8OID);
+pub const BOOL: PgOid = PgOid::BuiltIn(PgBuiltInOids::BOOLOID);
+
+thread_local! {
+    /// Plans live as long as the backend; Postgres re-plans them itself after DDL.
+    static PLANS: RefCell<HashMap<usize, &'static OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+}
+
+/// A statement of the hot path, prepared on first use in this backend and kept.
+/// Keyed by the address of the `'static` SQL text, so each call site costs one hash lookup.
+pub fn plan(
+    client: &SpiClient<'_>,
+    sql: &'static str,
+    types: &[PgOid],
+) -> Result<&'static OwnedPreparedStatement> {
+    let key = sql.as_ptr() as usize;
+    if let Some(plan) = PLANS.with(|p| p.borrow().get(&key).copied()) {
+        return Ok(plan);
+    }
+    let plan: &'static OwnedPreparedStatement =
+        Box::leak(Box::new(client.prepare_mut(sql, types)?.keep()));
+    PLANS.with(|p| p.borrow_mut().insert(key, plan));
+    Ok(plan)
+}
+
+/// The first column of the first row, or None when there is no row (pgrx's `get_one`
+/// treats an empty result as an error).
+pub fn first_value<T: FromDatum + IntoDatum>(table: SpiTupleTable<'_>) -> Result<Option<T>> {
+    if table.is_empty() {
+        return Ok(None);
+    }
+    Ok(table.first().get_one::<T>()?)
+}
+
+/// One value from a one-off query (not for the hot path).
+pub fn query_value<T: FromDatum + IntoDatum>(
+    sql: &str,
+    args: &[DatumWithOid<'_>],
+) -> Result<Option<T>> {
+    Spi::connect_mut(|client| first_value(client.update(sql, Some(1), args)?))
+}
+
+/// What a failed subtransaction raised, kept to record it.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub sqlstate: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (SQLSTATE {})", self.message, self.sqlstate)
+    }
+}
+
+/// Run `f` in a subtransaction: on success its work stays, on error it is rolled back and
+/// the error returned. A query cancel or statement timeout is not a failure of the work:
+/// it is raised again, so a cancel never gets recorded as a failed event.
+pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> std::result::Result<R, Failure> {
+    // SAFETY: the same dance as PL/pgSQL's exception blocks (pl_exec.c): keep the caller's
+    // memory context and resource owner, and restore them whichever way the block ends.
+    let (context, owner) = unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
+    unsafe {
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+    }
+    let outcome = PgTryBuilder::new(AssertUnwindSafe(|| Ok(f())))
+        .catch_others(|caught| Err(caught))
+        .execute();
+    match outcome {
+        Ok(value) => {
+            unsafe {
+                pg_sys::ReleaseCurrentSubTransaction();
+                pg_sys::MemoryContextSwitchTo(context);
+                pg_sys::CurrentResourceOwner = owner;
+            }
+            Ok(value)
+        }
+        Err(caught) => {
+            unsafe {
+                pg_sys::MemoryContextSwitchTo(context);
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                pg_sys::MemoryContextSwitchTo(context);
+                pg_sys::CurrentResourceOwner = owner;
+            }
+            let report = match &caught {
+                CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
+                CaughtError::RustPanic { ereport, .. } => ereport,
+            };
+            let code = report.sql_error_code();
+            if matches!(
+                code,
+                PgSqlErrorCode::ERRCODE_QUERY_CANCELED | PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN
+            ) {
+                caught.rethrow();
+            }
+            Err(Failure {
+                sqlstate: sqlstate_text(code),
+                message: report.message().to_string(),
+            })
+        }
+    }
+}
+
+fn sqlstate_text(code: PgSqlErrorCode) -> String {
+    // MAKE_SQLSTATE packs five 6-bit characters, lowest first.
+    let mut v = code as i32;
+    let mut s = String::with_capacity(5);
+    for _ in 0..5 {
+        s.push((((v & 0x3F) as u8) + b'0') as char);
+        v >>= 6;
+    }
+    s
+}
+
+/// Run `f` as `role` (as SECURITY DEFINER would), restoring the caller's identity however
+/// `f` ends. SECURITY_LOCAL_USERID_CHANGE keeps `f` from SET ROLE-ing its way back.
+pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let mut saved_user = pg_sys::Oid::INVALID;
+    let mut saved_context = 0;
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        pg_sys::SetUserIdAndSecContext(
+            role,
+            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+    }
+    PgTryBuilder::new(AssertUnwindSafe(f))
+        .finally(|| unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) })
+        .execute()
+}
+
+/// The role the extension's objects belong to, found once per backend.
+pub fn payment_owner() -> Result<pg_sys::Oid> {
+    thread_local!(static OWNER: std::cell::Cell<Option<pg_sys::Oid>> = const { std::cell::Cell::new(None) });
+    if let Some(oid) = OWNER.with(|o| o.get()) {
+        return Ok(oid);
+    }
+    let oid = query_value::<pg_sys::Oid>(
+        "SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'payment_owner'",
+        &[],
+    )?
+    .ok_or_else(|| PaymentError::NotFound("role payment_owner does not exist".into()))?;
+    OWNER.with(|o| o.set(Some(oid)));
+    Ok(oid)
+}
+
+/// The installation id if one exists yet, without creating it (webhooks must not write it).
+pub fn existing_installation_id() -> Result<Option<String>> {
+    thread_local!(static ID: RefCell<Option<String>> = const { RefCell::new(None) });
+    if let Some(id) = ID.with(|i| i.borrow().clone()) {
+        return Ok(Some(id));
+    }
+    let id = query_value::<String>("SELECT id::text FROM payment.installation", &[])?;
+    if let Some(id) = &id {
+        ID.with(|i| *i.borrow_mut() = Some(id.clone()));
+    }
+    Ok(id)
+}

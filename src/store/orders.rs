@@ -1,0 +1,95 @@
+//! The application's linked order table.
+
+use crate::error::{PaymentError, Result};
+use crate::store::first_value;
+use pgrx::pg_sys;
+use pgrx::spi::SpiClient;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderLink {
+    pub table: pg_sys::Oid,
+    /// Qualified, quoted name, as `regclass` prints it with the pinned search_path.
+    pub table_sql: String,
+    pub id_column: String,
+    pub amount_column: String,
+    pub user_column: String,
+    pub status_column: String,
+    pub currency_column: Option<String>,
+    pub paid_status: String,
+}
+
+const SELECT_LINK: &str = "\
+    SELECT order_table::oid, order_table::text, id_column::text, amount_column::text, user_column::text, \
+           status_column::text, currency_column::text, paid_status \
+      FROM payment.order_link";
+
+pub fn link(client: &SpiClient<'_>) -> Result<Option<OrderLink>> {
+    let mut rows = client.select(SELECT_LINK, Some(1), &[])?;
+    let Some(row) = rows.next() else {
+        return Ok(None);
+    };
+    Ok(Some(OrderLink {
+        table: row.get(1)?.unwrap_or(pg_sys::Oid::INVALID),
+        table_sql: row.get(2)?.unwrap_or_default(),
+        id_column: row.get(3)?.unwrap_or_default(),
+        amount_column: row.get(4)?.unwrap_or_default(),
+        user_column: row.get(5)?.unwrap_or_default(),
+        status_column: row.get(6)?.unwrap_or_default(),
+        currency_column: row.get(7)?,
+        paid_status: row.get(8)?.unwrap_or_default(),
+    }))
+}
+
+pub fn require_link(client: &SpiClient<'_>) -> Result<OrderLink> {
+    link(client)?.ok_or_else(|| PaymentError::NotConfigured {
+        message: "no order table is linked".into(),
+        hint: "Run SELECT payment.link_order_table('your_orders_table') as the table's owner."
+            .into(),
+    })
+}
+
+/// Columns a renewal copies from the subscription's order: everything but the id, the
+/// status, identity and generated columns, and columns under a unique index (those are
+/// left to their defaults, so the copy does not collide with the original).
+const COPYABLE_COLUMNS: &str = "\
+    SELECT COALESCE(pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum), '') \
+      FROM pg_catalog.pg_attribute a \
+     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
+       AND a.attgenerated = '' AND a.attidentity = '' \
+       AND a.attname::text <> $2 AND a.attname::text <> $3 \
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+                        WHERE i.indrelid = a.attrelid AND i.indisunique AND a.attnum = ANY (i.indkey))";
+
+/// Insert a new order row, a copy of `order_id` with the paid status; returns its id.
+pub fn copy_for_renewal(client: &mut SpiClient<'_>, order_id: i64) -> Result<i64> {
+    let link = require_link(client)?;
+    let columns: String = first_value::<String>(client.select(
+        COPYABLE_COLUMNS,
+        Some(1),
+        &[
+            link.table.into(),
+            link.id_column.as_str().into(),
+            link.status_column.as_str().into(),
+        ],
+    )?)?
+    .unwrap_or_default();
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let (id, status) = (quote(&link.id_column), quote(&link.status_column));
+    let sep = if columns.is_empty() { "" } else { ", " };
+    let sql = format!(
+        "INSERT INTO {table} ({columns}{sep}{status}) \
+         SELECT {columns}{sep}$2 FROM {table} WHERE {id} = $1 RETURNING {id}::int8",
+        table = link.table_sql
+    );
+    let new_id = first_value::<i64>(client.update(
+        sql.as_str(),
+        Some(1),
+        &[order_id.into(), link.paid_status.as_str().into()],
+    )?)?;
+    new_id.ok_or_else(|| {
+        PaymentError::NotFound(format!(
+            "order {order_id} of this subscription no longer exists in {}, so its renewal cannot be copied",
+            link.table_sql
+        ))
+    })
+}

@@ -1,0 +1,108 @@
+//! The payment callback: payment_intent.* events move a payment forward.
+
+use super::{is_foreign, object};
+use crate::error::Result;
+use crate::store::{self, INT8, TEXT};
+use crate::webhook::event::{Envelope, PaymentIntent};
+use crate::webhook::transitions::{paid_status, payment_may_move, PaymentStatus};
+use crate::webhook::Outcome;
+use pgrx::prelude::*;
+
+const LOCK_PAYMENT_BY_INTENT: &str = "\
+    SELECT id, status, EXTRACT(epoch FROM last_event_at)::int8, amount, currency, amount_refunded \
+      FROM payment.payments WHERE stripe_payment_intent_id = $1 FOR UPDATE";
+
+const MOVE_PAYMENT: &str = "\
+    UPDATE payment.payments SET status = $2, amount_received = COALESCE($3, amount_received), \
+           stripe_charge_id = COALESCE($4, stripe_charge_id), failure_code = $5, failure_message = $6, \
+           last_event_at = GREATEST(last_event_at, pg_catalog.to_timestamp($7)), updated_at = pg_catalog.now() \
+     WHERE id = $1";
+
+const FLAG_AMOUNT_MISMATCH: &str = "\
+    UPDATE payment.payments SET amount_received = $2, failure_code = 'amount_mismatch', \
+           failure_message = $3, stripe_charge_id = COALESCE($4, stripe_charge_id), updated_at = pg_catalog.now() \
+     WHERE id = $1";
+
+pub fn apply_payment_intent(envelope: &Envelope<'_>, target: PaymentStatus) -> Result<Outcome> {
+    let intent: PaymentIntent = object(envelope)?;
+    if is_foreign(&intent.metadata)? {
+        return Ok(Outcome::Ignored);
+    }
+    Spi::connect_mut(|client| -> Result<Outcome> {
+        let lock = store::plan(client, LOCK_PAYMENT_BY_INTENT, &[TEXT])?;
+        let mut rows = client.update(lock, Some(1), &[intent.id.as_str().into()])?;
+        let Some(row) = rows.next() else {
+            // A PaymentIntent this database did not create (or whose transaction rolled back).
+            return Ok(Outcome::Ignored);
+        };
+        let id: i64 = row.get(1)?.unwrap_or_default();
+        let current = row.get::<String>(2)?.and_then(|s| PaymentStatus::parse(&s));
+        let last_event_at: Option<i64> = row.get(3)?;
+        let amount: i64 = row.get(4)?.unwrap_or_default();
+        let currency: String = row.get(5)?.unwrap_or_default();
+        let amount_refunded: i64 = row.get(6)?.unwrap_or_default();
+        let Some(current) = current else {
+            return Ok(Outcome::Ignored);
+        };
+
+        if !payment_may_move(current, last_event_at, target, envelope.created) {
+            return Ok(Outcome::Applied);
+        }
+        let charge_id = intent.charge_id();
+        let received = intent.amount_received.unwrap_or(intent.amount);
+        if target == PaymentStatus::Succeeded
+            && (received != amount || !intent.currency.eq_ignore_ascii_case(&currency))
+        {
+            // Stripe says paid, but not what the order costs: record it, do not trust it.
+            let message = format!(
+                "Stripe reported {received} {} received, but the payment is for {amount} {currency}",
+                intent.currency.to_lowercase()
+            );
+            let flag = store::plan(client, FLAG_AMOUNT_MISMATCH, &[INT8, INT8, TEXT, TEXT])?;
+            client.update(
+                flag,
+                None,
+                &[id.into(), received.into(), message.into(), charge_id.into()],
+            )?;
+            return Ok(Outcome::Applied);
+        }
+
+        let (status, amount_received, failure_code, failure_message) = match target {
+            PaymentStatus::Succeeded => (
+                paid_status(received, amount_refunded),
+                Some(received),
+                None,
+                None,
+            ),
+            PaymentStatus::Failed => {
+                let error = intent.last_payment_error.as_ref();
+                (
+                    PaymentStatus::Failed,
+                    None,
+                    error.and_then(|e| e.decline_code.clone().or(e.code.clone())),
+                    error.and_then(|e| e.message.clone()),
+                )
+            }
+            other => (other, None, None, None),
+        };
+        let update = store::plan(
+            client,
+            MOVE_PAYMENT,
+            &[INT8, TEXT, INT8, TEXT, TEXT, TEXT, INT8],
+        )?;
+        client.update(
+            update,
+            None,
+            &[
+                id.into(),
+                status.as_str().into(),
+                amount_received.into(),
+                charge_id.into(),
+                failure_code.into(),
+                failure_message.into(),
+                envelope.created.into(),
+            ],
+        )?;
+        Ok(Outcome::Applied)
+    })
+}

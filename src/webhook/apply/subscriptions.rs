@@ -1,0 +1,165 @@
+//! The recurring callbacks: customer.subscription.* move the recurring payment
+//! (management); a paid renewal invoice creates a new order and its payment (deduction).
+
+use super::object;
+use crate::error::{PaymentError, Result};
+use crate::store::{self, orders, BOOL, INT8, TEXT};
+use crate::webhook::event::{Envelope, Invoice, Subscription};
+use crate::webhook::transitions::{subscription_may_move, SUBSCRIPTION_STATUSES};
+use crate::webhook::Outcome;
+use pgrx::prelude::*;
+
+const LOCK_RECURRING: &str = "\
+    SELECT id, status, EXTRACT(epoch FROM last_event_at)::int8, order_id, livemode \
+      FROM payment.recurring_payments WHERE stripe_subscription_id = $1 FOR UPDATE";
+const MOVE_RECURRING: &str = "\
+    UPDATE payment.recurring_payments SET status = $2, cancel_at_period_end = $3, \
+           current_period_start = COALESCE(pg_catalog.to_timestamp($4), current_period_start), \
+           current_period_end = COALESCE(pg_catalog.to_timestamp($5), current_period_end), \
+           canceled_at = pg_catalog.to_timestamp($6), \
+           stripe_customer_id = COALESCE($7, stripe_customer_id), price_id = COALESCE($8, price_id), \
+           last_event_at = GREATEST(last_event_at, pg_catalog.to_timestamp($9)), updated_at = pg_catalog.now() \
+     WHERE id = $1";
+const MARK_PAST_DUE: &str = "\
+    UPDATE payment.recurring_payments SET status = 'past_due', \
+           last_event_at = GREATEST(last_event_at, pg_catalog.to_timestamp($2)), updated_at = pg_catalog.now() \
+     WHERE id = $1";
+const PAYMENT_OF_INVOICE: &str = "SELECT id FROM payment.payments WHERE stripe_invoice_id = $1";
+const INSERT_RENEWAL_PAYMENT: &str = "\
+    INSERT INTO payment.payments (order_id, recurring_payment_id, amount, currency, status, amount_received, \
+                                  stripe_payment_intent_id, stripe_invoice_id, livemode, last_event_at) \
+    VALUES ($1, $2, $3, $4, 'succeeded', $3, $5, $6, $7, pg_catalog.to_timestamp($8))";
+
+struct Recurring {
+    id: i64,
+    status: String,
+    last_event_at: Option<i64>,
+    order_id: i64,
+    livemode: bool,
+}
+
+fn lock_recurring(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    subscription_id: &str,
+) -> Result<Option<Recurring>> {
+    let stmt = store::plan(client, LOCK_RECURRING, &[TEXT])?;
+    let mut rows = client.update(stmt, Some(1), &[subscription_id.into()])?;
+    let Some(row) = rows.next() else {
+        return Ok(None);
+    };
+    Ok(Some(Recurring {
+        id: row.get(1)?.unwrap_or_default(),
+        status: row.get(2)?.unwrap_or_default(),
+        last_event_at: row.get(3)?,
+        order_id: row.get(4)?.unwrap_or_default(),
+        livemode: row.get(5)?.unwrap_or_default(),
+    }))
+}
+
+pub fn apply_subscription(envelope: &Envelope<'_>) -> Result<Outcome> {
+    let subscription: Subscription = object(envelope)?;
+    if !SUBSCRIPTION_STATUSES.contains(&subscription.status.as_str()) {
+        return Err(PaymentError::InvalidPayload(format!(
+            "subscription {} has a status pg_payment does not know: {}",
+            subscription.id, subscription.status
+        )));
+    }
+    Spi::connect_mut(|client| {
+        let Some(recurring) = lock_recurring(client, &subscription.id)? else {
+            return Ok(Outcome::Ignored);
+        };
+        if !subscription_may_move(&recurring.status, recurring.last_event_at, envelope.created) {
+            return Ok(Outcome::Applied);
+        }
+        let (start, end) = subscription.period();
+        let stmt = store::plan(
+            client,
+            MOVE_RECURRING,
+            &[INT8, TEXT, BOOL, INT8, INT8, INT8, TEXT, TEXT, INT8],
+        )?;
+        client.update(
+            stmt,
+            None,
+            &[
+                recurring.id.into(),
+                subscription.status.as_str().into(),
+                subscription.cancel_at_period_end.into(),
+                start.into(),
+                end.into(),
+                subscription.canceled_at.into(),
+                subscription.customer.as_ref().map(|c| c.id()).into(),
+                subscription.price_id().into(),
+                envelope.created.into(),
+            ],
+        )?;
+        Ok(Outcome::Applied)
+    })
+}
+
+/// Stripe sends invoice.paid and invoice.payment_succeeded for the same invoice: the invoice
+/// id is unique on payments, and the subscription row is locked first, so the renewal order
+/// is created once per invoice, never once per event.
+pub fn apply_invoice_paid(envelope: &Envelope<'_>) -> Result<Outcome> {
+    let invoice: Invoice = object(envelope)?;
+    if invoice.billing_reason.as_deref() != Some("subscription_cycle") {
+        return Ok(Outcome::Ignored);
+    }
+    let Some(subscription_id) = invoice.subscription_id() else {
+        return Ok(Outcome::Ignored);
+    };
+    Spi::connect_mut(|client| {
+        let Some(recurring) = lock_recurring(client, subscription_id)? else {
+            return Ok(Outcome::Ignored);
+        };
+        let existing = store::plan(client, PAYMENT_OF_INVOICE, &[TEXT])?;
+        if !client
+            .update(existing, Some(1), &[invoice.id.as_str().into()])?
+            .is_empty()
+        {
+            return Ok(Outcome::Applied);
+        }
+        let new_order = orders::copy_for_renewal(client, recurring.order_id)?;
+        let insert = store::plan(
+            client,
+            INSERT_RENEWAL_PAYMENT,
+            &[INT8, INT8, INT8, TEXT, TEXT, TEXT, BOOL, INT8],
+        )?;
+        client.update(
+            insert,
+            None,
+            &[
+                new_order.into(),
+                recurring.id.into(),
+                invoice.amount_paid.into(),
+                invoice.currency.to_lowercase().into(),
+                invoice.payment_intent.as_ref().map(|p| p.id()).into(),
+                invoice.id.as_str().into(),
+                (recurring.livemode || envelope.livemode).into(),
+                envelope.created.into(),
+            ],
+        )?;
+        Ok(Outcome::Applied)
+    })
+}
+
+/// A failed renewal makes an active subscription past due; Stripe's own subscription
+/// events say where it goes from there.
+pub fn apply_invoice_payment_failed(envelope: &Envelope<'_>) -> Result<Outcome> {
+    let invoice: Invoice = object(envelope)?;
+    let Some(subscription_id) = invoice.subscription_id() else {
+        return Ok(Outcome::Ignored);
+    };
+    Spi::connect_mut(|client| {
+        let Some(recurring) = lock_recurring(client, subscription_id)? else {
+            return Ok(Outcome::Ignored);
+        };
+        let eligible = matches!(recurring.status.as_str(), "active" | "trialing");
+        if eligible
+            && subscription_may_move(&recurring.status, recurring.last_event_at, envelope.created)
+        {
+            let stmt = store::plan(client, MARK_PAST_DUE, &[INT8, INT8])?;
+            client.update(stmt, None, &[recurring.id.into(), envelope.created.into()])?;
+        }
+        Ok(Outcome::Applied)
+    })
+}

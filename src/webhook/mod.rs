@@ -1,0 +1,233 @@
+//! `process_stripe_event`: verify, de-duplicate, record and apply one Stripe webhook event.
+//!
+//! The hot path is: one read of the webhook secrets, an allocation-free HMAC check, one
+//! envelope parse that leaves `data.object` raw, and one INSERT into `payment.events`.
+//! Event types that need no work stop there. Others are applied in a subtransaction, so
+//! a failure rolls back what they changed but keeps the event, marked `failed`.
+
+pub mod event;
+pub mod signature;
+pub mod transitions;
+
+mod apply;
+
+use crate::callbacks::{while_writing, Writer};
+use crate::error::{PaymentError, Result};
+use crate::gucs;
+use crate::store::{self, BOOL, INT8, TEXT};
+use event::{Envelope, EventKind};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use serde_json::{json, Value};
+
+/// What became of one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Duplicate,
+    Ignored,
+    Failed(String),
+}
+
+impl Outcome {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Ignored => "ignored",
+            Outcome::Failed(_) => "failed",
+        }
+    }
+
+    pub fn to_json(&self, event_id: &str, event_type: &str) -> Value {
+        let mut v = json!({"event_id": event_id, "type": event_type, "outcome": self.as_str()});
+        if let Outcome::Failed(error) = self {
+            v["error"] = Value::String(error.clone());
+        }
+        v
+    }
+}
+
+/// The entry point behind `payment.process_stripe_event(payload, signature)`.
+pub fn process(payload: Option<&str>, signature: Option<&str>) -> Result<Value> {
+    // SAFETY: plain reads of backend globals.
+    if unsafe { pg_sys::XactIsoLevel } != pg_sys::XACT_READ_COMMITTED as i32 {
+        return Err(PaymentError::WrongIsolation(
+            "process_stripe_event must run at READ COMMITTED isolation, so that a delivery racing \
+             another of the same event can wait for it and see its outcome"
+                .into(),
+        ));
+    }
+    let payload = payload.ok_or(PaymentError::NullArgument("payload"))?;
+    let signature = signature.ok_or(PaymentError::NullArgument("signature"))?;
+    if payload.len() > event::MAX_PAYLOAD_BYTES {
+        return Err(PaymentError::InvalidPayload(format!(
+            "the webhook body is {} bytes, more than the {} bytes a Stripe event can be",
+            payload.len(),
+            event::MAX_PAYLOAD_BYTES
+        )));
+    }
+
+    let secrets = store::secrets::webhook_secrets()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    signature::verify(
+        payload.as_bytes(),
+        signature,
+        secrets.iter().map(String::as_str),
+        now,
+        i64::from(gucs::WEBHOOK_TOLERANCE_S.get()),
+    )
+    .map_err(|e| match e {
+        signature::SignatureError::Malformed(_) => PaymentError::SignatureRejected(e.to_string()),
+        _ => PaymentError::SignatureRejected(e.to_string()),
+    })?;
+
+    let envelope = event::parse_envelope(payload).map_err(PaymentError::InvalidPayload)?;
+    let kind = EventKind::of(&envelope.event_type);
+    let outcome = record_and_apply(&envelope, kind, payload)?;
+    Ok(outcome.to_json(&envelope.id, &envelope.event_type))
+}
+
+const INSERT_EVENT: &str = "\
+    INSERT INTO payment.events (id, type, livemode, api_version, created, payload, outcome, processed_at) \
+    VALUES ($1, $2, $3, $4, pg_catalog.to_timestamp($5), $6::jsonb, $7, pg_catalog.now()) \
+    ON CONFLICT (id) DO NOTHING RETURNING 1";
+const LOCK_EVENT: &str = "SELECT outcome FROM payment.events WHERE id = $1 FOR UPDATE";
+const RECORD_OUTCOME: &str = "\
+    UPDATE payment.events SET outcome = $2, error = $3, processed_at = pg_catalog.clock_timestamp() \
+    WHERE id = $1";
+
+/// De-duplicate by event id, then apply. INSERT ... ON CONFLICT comes first: it takes an xid
+/// and waits for a racing delivery's insert, so the row lock that follows sees its outcome.
+fn record_and_apply(envelope: &Envelope<'_>, kind: EventKind, payload: &str) -> Result<Outcome> {
+    let initial = if kind == EventKind::Unhandled {
+        "ignored"
+    } else {
+        "applied"
+    };
+    let first_delivery = Spi::connect_mut(|client| -> Result<Option<String>> {
+        let insert = store::plan(
+            client,
+            INSERT_EVENT,
+            &[TEXT, TEXT, BOOL, TEXT, INT8, TEXT, TEXT],
+        )?;
+        let inserted = client.update(
+            insert,
+            None,
+            &[
+                envelope.id.as_ref().into(),
+                envelope.event_type.as_ref().into(),
+                envelope.livemode.into(),
+                envelope.api_version.as_deref().into(),
+                envelope.created.into(),
+                payload.into(),
+                initial.into(),
+            ],
+        )?;
+        if !inserted.is_empty() {
+            return Ok(None);
+        }
+        let lock = store::plan(client, LOCK_EVENT, &[TEXT])?;
+        store::first_value::<String>(client.update(
+            lock,
+            Some(1),
+            &[envelope.id.as_ref().into()],
+        )?)
+    })?;
+
+    match first_delivery.as_deref() {
+        None if kind == EventKind::Unhandled => return Ok(Outcome::Ignored),
+        None => {}
+        Some("failed") => {}
+        Some(_) => return Ok(Outcome::Duplicate),
+    }
+    // A redelivered `failed` event is applied again; we hold its row lock meanwhile.
+    let outcome = apply_guarded(envelope, kind);
+    let record = match (&outcome, first_delivery.is_none()) {
+        (Outcome::Applied, true) => None,
+        (Outcome::Applied, false) => Some(("applied", None)),
+        (Outcome::Ignored, _) => Some(("ignored", None)),
+        (Outcome::Failed(error), _) => Some(("failed", Some(error.as_str()))),
+        (Outcome::Duplicate, _) => None,
+    };
+    if let Some((outcome_text, error)) = record {
+        record_outcome(&envelope.id, outcome_text, error)?;
+    }
+    Ok(outcome)
+}
+
+fn record_outcome(event_id: &str, outcome: &str, error: Option<&str>) -> Result<()> {
+    Spi::connect_mut(|client| -> Result<()> {
+        let stmt = store::plan(client, RECORD_OUTCOME, &[TEXT, TEXT, TEXT])?;
+        client.update(stmt, None, &[event_id.into(), outcome.into(), error.into()])?;
+        Ok(())
+    })
+}
+
+/// Apply in a subtransaction with the triggers told which event is writing.
+fn apply_guarded(envelope: &Envelope<'_>, kind: EventKind) -> Outcome {
+    let writer = Writer {
+        event_id: Some(envelope.id.to_string()),
+        event_type: Some(envelope.event_type.to_string()),
+    };
+    let result = store::in_subtransaction(|| {
+        while_writing(writer, || match apply::apply(envelope, kind) {
+            Ok(outcome) => outcome,
+            // Raise so the subtransaction rolls back whatever was half done.
+            Err(e) => e.raise(),
+        })
+    });
+    match result {
+        Ok(outcome) => outcome,
+        Err(failure) => Outcome::Failed(failure.to_string()),
+    }
+}
+
+/// `payment.retry_failed_events()`: apply stored failed events again, oldest first.
+/// Batched: each call takes at most `RETRY_BATCH` events, so subtransaction bookkeeping in
+/// one transaction stays small; call it again while it returns rows.
+pub const RETRY_BATCH: i64 = 500;
+
+const FAILED_EVENTS: &str = "\
+    SELECT id, payload::text FROM payment.events WHERE outcome = 'failed' \
+    ORDER BY created, received_at LIMIT $1 FOR UPDATE SKIP LOCKED";
+
+pub fn retry_failed() -> Result<Vec<Value>> {
+    let failed = Spi::connect_mut(|client| -> Result<Vec<(String, String)>> {
+        let stmt = store::plan(client, FAILED_EVENTS, &[INT8])?;
+        let mut out = Vec::new();
+        for row in client.update(stmt, None, &[RETRY_BATCH.into()])? {
+            if let (Some(id), Some(payload)) = (row.get::<String>(1)?, row.get::<String>(2)?) {
+                out.push((id, payload));
+            }
+        }
+        Ok(out)
+    })?;
+    let mut results = Vec::with_capacity(failed.len());
+    for (id, payload) in failed {
+        let envelope = match event::parse_envelope(&payload) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                results.push(Outcome::Failed(error).to_json(&id, ""));
+                continue;
+            }
+        };
+        let kind = EventKind::of(&envelope.event_type);
+        let outcome = if kind == EventKind::Unhandled {
+            Outcome::Ignored
+        } else {
+            apply_guarded(&envelope, kind)
+        };
+        let (text, error) = match &outcome {
+            Outcome::Failed(e) => ("failed", Some(e.as_str())),
+            Outcome::Ignored => ("ignored", None),
+            _ => ("applied", None),
+        };
+        record_outcome(&id, text, error)?;
+        results.push(outcome.to_json(&id, &envelope.event_type));
+    }
+    Ok(results)
+}
