@@ -23,7 +23,7 @@ BEGIN
         SELECT p.oid::regprocedure AS fn, p.proname
           FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc p ON p.oid = d.objid
          WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.refclassid = 'pg_catalog.pg_extension'::regclass
-           AND d.refobjid = ext AND d.deptype = 'e'
+           AND d.refobjid = ext AND d.deptype = 'e' AND p.pronamespace = 'payment'::regnamespace
     LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO payment_owner', obj.fn);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', obj.fn);

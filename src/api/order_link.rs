@@ -175,7 +175,7 @@ fn link(
         paid_status: paid_status.into(),
     };
     let owner = store::payment_owner()?;
-    let existing = store::as_role(owner, || Spi::connect(|client| orders::link(client)))?;
+    let existing = store::as_role(owner, || Spi::connect(orders::link))?;
     if let Some(existing) = existing {
         let same = orders::OrderLink {
             table_sql: String::new(),

@@ -81,8 +81,8 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> std::result::Result<R, Fai
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(context);
     }
-    let outcome = PgTryBuilder::new(AssertUnwindSafe(|| Ok(f())))
-        .catch_others(|caught| Err(caught))
+    let outcome = PgTryBuilder::new(AssertUnwindSafe(|| Ok::<R, Box<CaughtError>>(f())))
+        .catch_others(|caught| Err(Box::new(caught)))
         .execute();
     match outcome {
         Ok(value) => {
@@ -100,7 +100,7 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> std::result::Result<R, Fai
                 pg_sys::MemoryContextSwitchTo(context);
                 pg_sys::CurrentResourceOwner = owner;
             }
-            let report = match &caught {
+            let report = match caught.as_ref() {
                 CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
                 CaughtError::RustPanic { ereport, .. } => ereport,
             };
@@ -109,7 +109,7 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> std::result::Result<R, Fai
                 code,
                 PgSqlErrorCode::ERRCODE_QUERY_CANCELED | PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN
             ) {
-                caught.rethrow();
+                (*caught).rethrow();
             }
             Err(Failure {
                 sqlstate: sqlstate_text(code),
