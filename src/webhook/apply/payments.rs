@@ -79,7 +79,7 @@ pub fn apply_payment_intent(envelope: &Envelope<'_>, target: PaymentStatus) -> R
                 (
                     PaymentStatus::Failed,
                     None,
-                    error.and_then(|e| e.decline_code.clone().or(e.code.clone())),
+                    error.and_then(|e| e.code.clone().or(e.decline_code.clone())),
                     error.and_then(|e| e.message.clone()),
                 )
             }

@@ -1,0 +1,316 @@
+"""Roles, configuration and secrets: who may do what, and where secrets never
+show up."""
+
+import psycopg
+import pytest
+
+import stripe_events as ev
+from e2e_helpers import ADMIN, APP, OUTSIDER, WEBHOOK, denied
+
+ENTRY_POINTS = [
+    "configure(text,text,text)",
+    "add_webhook_secret(text)",
+    "remove_webhook_secret(text)",
+    "publishable_key()",
+    "link_order_table(regclass,name,name,name,name,name,text)",
+    "process_stripe_event(text,text)",
+    "retry_failed_events()",
+    "add_callback(text,regprocedure)",
+    "remove_callback(text,regprocedure)",
+]
+
+DEFINER_ENTRY_POINTS = {
+    "configure(text,text,text)",
+    "add_webhook_secret(text)",
+    "remove_webhook_secret(text)",
+    "publishable_key()",
+    "process_stripe_event(text,text)",
+    "retry_failed_events()",
+}
+
+DOCUMENTED_TABLES = ["payments", "refunds", "recurring_payments", "events", "api_requests", "callbacks"]
+
+
+def load_library(conn):
+    """GUCs exist once the library is loaded; calling any function loads it."""
+    conn.execute("SELECT payment.publishable_key()")
+
+
+# --------------------------------------------------------------------------
+# Installation shape
+
+
+def test_roles_exist_and_payment_owner_is_a_powerless_owner(db):
+    roles = {r["rolname"]: r for r in db.rows(
+        "SELECT rolname, rolsuper, rolcanlogin, rolcreaterole, rolcreatedb, rolbypassrls FROM pg_roles"
+        " WHERE rolname IN ('payment_owner', 'payment_admin', 'payment_app', 'payment_webhook')")}
+    assert set(roles) == {"payment_owner", "payment_admin", "payment_app", "payment_webhook"}
+    owner = roles["payment_owner"]
+    assert not owner["rolsuper"] and not owner["rolcanlogin"]
+    assert not owner["rolcreaterole"] and not owner["rolbypassrls"]
+
+
+def test_schema_tables_and_sequences_belong_to_payment_owner(db):
+    assert db.value("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'payment'") == "payment_owner"
+    owners = db.rows("SELECT c.relname, c.relkind, c.relowner::regrole::text AS owner FROM pg_class c"
+                     " WHERE c.relnamespace = 'payment'::regnamespace AND c.relkind IN ('r', 'S', 'v')")
+    names = {o["relname"] for o in owners}
+    assert set(DOCUMENTED_TABLES) <= names
+    assert [o for o in owners if o["owner"] != "payment_owner"] == []
+
+
+def test_entry_points_pin_search_path_and_privileged_ones_run_as_payment_owner(db):
+    for sig in ENTRY_POINTS:
+        r = db.row("SELECT prosecdef, proowner::regrole::text AS owner, proconfig FROM pg_proc"
+                   " WHERE oid = to_regprocedure(%s)", (f"payment.{sig}",))
+        assert r is not None, f"payment.{sig} does not exist"
+        assert r["owner"] == "payment_owner", f"payment.{sig} is owned by {r['owner']}"
+        config = [c.replace(" ", "") for c in (r["proconfig"] or [])]
+        assert "search_path=pg_catalog,pg_temp" in config, f"payment.{sig} has proconfig {r['proconfig']}"
+        # link_order_table grants with the caller's rights (DESIGN: "Order table"), and a
+        # function that only checks the caller's own objects may too; the ones that read
+        # or write what app roles cannot must run as payment_owner.
+        if sig in DEFINER_ENTRY_POINTS:
+            assert r["prosecdef"], f"payment.{sig} is not SECURITY DEFINER"
+
+
+def test_every_function_in_the_schema_pins_search_path(db):
+    loose = db.rows("""
+        SELECT p.oid::regprocedure::text AS f, p.proconfig FROM pg_proc p
+        WHERE p.pronamespace = 'payment'::regnamespace
+          AND NOT coalesce(array_to_string(p.proconfig, ';') ~ 'search_path=pg_catalog, ?pg_temp', false)""")
+    assert loose == []
+
+
+def test_nothing_in_the_schema_is_granted_to_public(db):
+    public_funcs = db.rows("""
+        SELECT p.oid::regprocedure::text AS f FROM pg_proc p
+        WHERE p.pronamespace = 'payment'::regnamespace
+          AND (p.proacl IS NULL OR EXISTS (
+                SELECT 1 FROM aclexplode(p.proacl) a WHERE a.grantee = 0))""")
+    assert public_funcs == [], "functions executable by PUBLIC"
+    public_tables = db.rows("""
+        SELECT c.relname FROM pg_class c
+        WHERE c.relnamespace = 'payment'::regnamespace AND c.relkind IN ('r', 'v', 'S')
+          AND EXISTS (SELECT 1 FROM aclexplode(c.relacl) a WHERE a.grantee = 0)""")
+    assert public_tables == []
+
+
+# --------------------------------------------------------------------------
+# payment_app
+
+
+def test_app_reads_payment_tables_but_cannot_write_them(shop):
+    p = shop.payment()
+    app = shop.connect(APP)
+    for t in ("payments", "refunds", "recurring_payments", "events"):
+        app.execute(f"SELECT * FROM payment.{t}").fetchall()
+    assert app.execute("SELECT status FROM payment.payments WHERE id = %s", (p.id,)).fetchone()[0] == "pending"
+    denied(app, "UPDATE payment.payments SET status = 'succeeded' WHERE id = %s", (p.id,))
+    denied(app, "DELETE FROM payment.payments")
+    denied(app, "INSERT INTO payment.events (id, type, outcome) VALUES ('evt_forged', 'x', 'applied')")
+    assert shop.payment_row(p.id)["status"] == "pending"
+
+
+def test_app_gets_the_publishable_key(shop):
+    app = shop.connect(APP)
+    assert app.execute("SELECT payment.publishable_key()").fetchone()[0] == ev.PUBLISHABLE_KEY
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT payment.configure('sk_test_aaaaaaaaaaaaaaaaaaaaaaaa', 'pk_test_aaaaaaaaaaaaaaaaaaaaaaaa', 'whsec_app_attempt')",
+    "SELECT payment.add_webhook_secret('whsec_app_attempt')",
+    "SELECT payment.remove_webhook_secret('whsec_test_secret_e2e')",
+    "SELECT * FROM payment.retry_failed_events()",
+    "SELECT payment.remove_callback('payment', 'pg_catalog.now()'::regprocedure)",
+])
+def test_app_cannot_administer(shop, sql):
+    denied(shop.connect(APP), sql)
+
+
+def test_app_role_cannot_read_any_secret_from_any_table(shop):
+    secret_key = "sk_test_" + "S3cretK3y" + "q" * 15
+    webhook_secret = "whsec_" + "S3cretH00k" + "r" * 10
+    shop.configure(secret_key=secret_key, webhook_secret=webhook_secret)
+    shop.conn.execute("SELECT payment.add_webhook_secret(%s::text)", ("whsec_S3cretRotated",))
+    for role in (APP, WEBHOOK, ADMIN):
+        conn = shop.connect(role)
+        tables = [r[0] for r in conn.execute(
+            "SELECT c.oid::regclass::text FROM pg_class c"
+            " WHERE c.relnamespace = 'payment'::regnamespace AND c.relkind IN ('r', 'v', 'm', 'p')").fetchall()]
+        assert tables, "no tables visible in schema payment"
+        readable = 0
+        for t in tables:
+            try:
+                rows = conn.execute(f"SELECT t::text FROM {t} AS t").fetchall()
+            except psycopg.errors.InsufficientPrivilege:
+                continue
+            readable += 1
+            text = " ".join(r[0] for r in rows)
+            for s in ("S3cretK3y", "S3cretH00k", "S3cretRotated"):
+                assert s not in text, f"{role} reads a secret from {t}"
+        if role == APP:
+            assert readable >= 4, "payment_app should read the payment tables"
+
+
+def test_secrets_are_not_settings(shop):
+    secret_key = "sk_test_" + "N0tAGuc" + "q" * 17
+    shop.configure(secret_key=secret_key, webhook_secret="whsec_N0tAGucEither")
+    for conn in (shop.conn, shop.connect(APP)):
+        load_library(conn)
+        leaks = conn.execute("SELECT name FROM pg_settings WHERE setting LIKE '%N0tAGuc%'").fetchall()
+        assert leaks == []
+    names = [r[0] for r in shop.conn.execute("SELECT name FROM pg_settings WHERE name LIKE 'pg_payment.%'")]
+    assert names, "pg_payment settings are not registered"
+    assert [n for n in names if "secret" in n or n.endswith("_key")] == []
+    assert shop.value("SELECT count(*) FROM pg_db_role_setting WHERE array_to_string(setconfig, ' ') LIKE '%N0tAGuc%'") == 0
+
+
+# --------------------------------------------------------------------------
+# payment_webhook and everyone else
+
+
+def test_webhook_role_can_process_events(shop):
+    p = shop.payment()
+    hook = shop.connect(WEBHOOK)
+    assert shop.deliver(ev.pi_event("payment_intent.succeeded", p.pi), conn=hook)["outcome"] == "applied"
+    assert shop.payment_row(p.id)["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM payment.payments",
+    "SELECT * FROM payment.events",
+    "SELECT payment.publishable_key()",
+    "SELECT payment.configure('sk_test_aaaaaaaaaaaaaaaaaaaaaaaa')",
+    "SELECT * FROM payment.retry_failed_events()",
+])
+def test_webhook_role_can_do_nothing_else(shop, sql):
+    denied(shop.connect(WEBHOOK), sql)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM payment.payments",
+    "SELECT payment.publishable_key()",
+    "SELECT payment.process_stripe_event('{}', 't=1,v1=00')",
+])
+def test_a_role_without_membership_gets_nothing(shop, sql):
+    denied(shop.connect(OUTSIDER), sql)
+
+
+def test_admin_role_configures_and_retries(shop):
+    admin = shop.connect(ADMIN)
+    shop.configure(secret_key="rk_test_" + "a" * 24, publishable_key="pk_test_" + "b" * 24, conn=admin)
+    assert shop.value("SELECT payment.publishable_key()") == "pk_test_" + "b" * 24
+    admin.execute("SELECT * FROM payment.retry_failed_events()").fetchall()
+
+
+# --------------------------------------------------------------------------
+# configure
+
+
+@pytest.mark.parametrize("secret_key,publishable_key,webhook_secret", [
+    pytest.param("pk_test_" + "a" * 24, ev.PUBLISHABLE_KEY, ev.WEBHOOK_SECRET, id="publishable-as-secret"),
+    pytest.param("whsec_" + "a" * 24, ev.PUBLISHABLE_KEY, ev.WEBHOOK_SECRET, id="webhook-as-secret"),
+    pytest.param("test_" + "a" * 24, ev.PUBLISHABLE_KEY, ev.WEBHOOK_SECRET, id="no-prefix"),
+    pytest.param(ev.SECRET_KEY, "sk_test_" + "a" * 24, ev.WEBHOOK_SECRET, id="secret-as-publishable"),
+    pytest.param(ev.SECRET_KEY, ev.PUBLISHABLE_KEY, "sk_test_" + "a" * 24, id="secret-as-webhook-secret"),
+    pytest.param(ev.SECRET_KEY, "pk_live_" + "a" * 24, ev.WEBHOOK_SECRET, id="test-secret-live-publishable"),
+    pytest.param("sk_live_" + "a" * 24, ev.PUBLISHABLE_KEY, ev.WEBHOOK_SECRET, id="live-secret-test-publishable"),
+    pytest.param("rk_live_" + "a" * 24, ev.PUBLISHABLE_KEY, ev.WEBHOOK_SECRET, id="live-restricted-test-publishable"),
+    pytest.param("", ev.PUBLISHABLE_KEY, ev.WEBHOOK_SECRET, id="empty-secret"),
+])
+def test_configure_rejects_bad_or_mixed_keys_without_echoing_them(db, secret_key, publishable_key, webhook_secret):
+    with pytest.raises(psycopg.Error) as info:
+        db.configure(secret_key, publishable_key, webhook_secret)
+    err = info.value
+    assert err.sqlstate and err.sqlstate[:2] == "22", f"{err.sqlstate}: {err}"
+    diag = err.diag
+    shown = " ".join(filter(None, [str(err), diag.message_detail, diag.message_hint, diag.context]))
+    for value in (secret_key, publishable_key, webhook_secret):
+        if value and not value.startswith("pk_"):
+            assert value not in shown, "a secret is echoed in the error"
+
+
+@pytest.mark.parametrize("secret_key,publishable_key", [
+    ("sk_test_" + "a" * 24, "pk_test_" + "b" * 24),
+    ("rk_test_" + "a" * 24, "pk_test_" + "b" * 24),
+    ("sk_live_" + "a" * 24, "pk_live_" + "b" * 24),
+])
+def test_configure_accepts_consistent_keys(db, secret_key, publishable_key):
+    db.configure(secret_key, publishable_key, "whsec_" + "c" * 32)
+    assert db.value("SELECT payment.publishable_key()") == publishable_key
+
+
+def test_secret_passed_as_a_literal_never_reaches_the_server_log(shop):
+    marker = "L0gLeak" + "k" * 17
+    client = psycopg.ClientCursor(shop.conn)  # inlines the values into the SQL text
+    with pytest.raises(psycopg.Error):
+        client.execute("SELECT payment.configure(%s, %s, %s)",
+                       ("sk_live_" + marker, ev.PUBLISHABLE_KEY, ev.WEBHOOK_SECRET))
+    with pytest.raises(psycopg.Error):
+        client.execute("SELECT payment.add_webhook_secret(%s)", ("not_a_webhook_secret_" + marker,))
+    # A control: an ordinary failing statement is logged with its STATEMENT line, so
+    # the log is being written and read.
+    control = "C0ntrolMarker" + marker[-6:]
+    with pytest.raises(psycopg.Error):
+        client.execute(f"SELECT 1/0 AS {control}")
+    log = shop.cluster.server_log()
+    assert control in log
+    assert marker not in log, "a secret passed to configure/add_webhook_secret is in the server log"
+
+
+# --------------------------------------------------------------------------
+# Settings
+
+
+def test_settings_have_their_documented_defaults(shop):
+    load_library(shop.conn)
+    settings = dict(shop.conn.execute(
+        "SELECT name, setting FROM pg_settings WHERE name LIKE 'pg_payment.%'").fetchall())
+    assert settings.get("pg_payment.stripe_api_base") == "https://api.stripe.com"
+    assert settings.get("pg_payment.webhook_tolerance_s") == "300"
+    assert settings.get("pg_payment.notify_channel") == "pg_payment"
+    assert settings.get("pg_payment.stripe_api_version")
+    assert "pg_payment.http_timeout_ms" in settings
+    assert "pg_payment.max_network_retries" in settings
+
+
+def test_superuser_only_settings_are_superuser_only(shop):
+    load_library(shop.conn)
+    contexts = dict(shop.conn.execute(
+        "SELECT name, context FROM pg_settings WHERE name LIKE 'pg_payment.%'").fetchall())
+    for name in ("stripe_api_base", "stripe_api_version", "webhook_tolerance_s", "notify_channel"):
+        assert contexts.get(f"pg_payment.{name}") == "superuser", (name, contexts.get(f"pg_payment.{name}"))
+    app = shop.connect(APP)
+    load_library(app)
+    denied(app, "SET pg_payment.stripe_api_base = 'https://attacker.example'")
+    denied(app, "SET pg_payment.webhook_tolerance_s = 600")
+    denied(app, "SET pg_payment.notify_channel = 'elsewhere'")
+    denied(app, "SET pg_payment.stripe_api_version = '2017-08-15'")
+
+
+def test_app_may_tune_http_settings_within_bounds(shop):
+    app = shop.connect(APP)
+    load_library(app)
+    app.execute("SET pg_payment.http_timeout_ms = 5000")
+    app.execute("SET pg_payment.max_network_retries = 1")
+    assert app.execute("SHOW pg_payment.http_timeout_ms").fetchone()[0] in ("5000", "5s")
+    for sql in ("SET pg_payment.http_timeout_ms = -1", "SET pg_payment.max_network_retries = -1",
+                "SET pg_payment.max_network_retries = 1000000"):
+        with pytest.raises(psycopg.Error) as info:
+            app.execute(sql)
+        assert info.value.sqlstate == "22023", f"{sql}: {info.value.sqlstate} {info.value}"
+
+
+@pytest.mark.parametrize("value", ["", "x" * 100])
+def test_invalid_notify_channel_is_refused(shop, value):
+    load_library(shop.conn)
+    with pytest.raises(psycopg.Error) as info:
+        shop.conn.execute("SELECT set_config('pg_payment.notify_channel', %s, false)", (value,))
+    assert info.value.sqlstate[:2] == "22"
+
+
+def test_unknown_setting_under_the_reserved_prefix_is_refused(shop):
+    load_library(shop.conn)
+    with pytest.raises(psycopg.Error):
+        shop.conn.execute("SET pg_payment.secret_key = 'sk_test_aaaaaaaaaaaaaaaaaaaaaaaa'")
