@@ -18,6 +18,61 @@ CREATE FUNCTION payment.add_callback(kind text, handler regprocedure)
 CREATE FUNCTION payment.remove_callback(kind text, handler regprocedure)
     RETURNS void VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'remove_callback_wrapper';
 
+-- The payment actions return their row; the Rust functions behind them return its id.
+CREATE FUNCTION payment.create_payment(order_id bigint, currency text, amount bigint)
+RETURNS payment.payments LANGUAGE plpgsql AS $fn$
+DECLARE
+    new_id bigint;
+    result payment.payments;
+BEGIN
+    -- Call it once, into a variable: in a WHERE clause a volatile function could run per row.
+    new_id := payment.create_payment_id(order_id, currency, amount);
+    SELECT * INTO result FROM payment.payments WHERE id = new_id;
+    RETURN result;
+END
+$fn$;
+COMMENT ON FUNCTION payment.create_payment(bigint, text, bigint) IS
+    'Charge an order: amount in minor units, checked against the order''s price; returns the payment with its client_secret.';
+
+CREATE FUNCTION payment.refund_payment(payment_id bigint, refund_amount bigint DEFAULT NULL)
+RETURNS payment.refunds LANGUAGE plpgsql AS $fn$
+DECLARE
+    new_id bigint;
+    result payment.refunds;
+BEGIN
+    -- Call it once, into a variable: in a WHERE clause a volatile function could run per row.
+    new_id := payment.refund_payment_id(payment_id, refund_amount);
+    SELECT * INTO result FROM payment.refunds WHERE id = new_id;
+    RETURN result;
+END
+$fn$;
+
+CREATE FUNCTION payment.start_subscription(order_id bigint, price_id text)
+RETURNS payment.recurring_payments LANGUAGE plpgsql AS $fn$
+DECLARE
+    new_id bigint;
+    result payment.recurring_payments;
+BEGIN
+    -- Call it once, into a variable: in a WHERE clause a volatile function could run per row.
+    new_id := payment.start_subscription_id(order_id, price_id);
+    SELECT * INTO result FROM payment.recurring_payments WHERE id = new_id;
+    RETURN result;
+END
+$fn$;
+
+CREATE FUNCTION payment.cancel_subscription(recurring_payment_id bigint, at_period_end boolean DEFAULT false)
+RETURNS payment.recurring_payments LANGUAGE plpgsql AS $fn$
+DECLARE
+    new_id bigint;
+    result payment.recurring_payments;
+BEGIN
+    -- Call it once, into a variable: in a WHERE clause a volatile function could run per row.
+    new_id := payment.cancel_subscription_id(recurring_payment_id, at_period_end);
+    SELECT * INTO result FROM payment.recurring_payments WHERE id = new_id;
+    RETURN result;
+END
+$fn$;
+
 -- Status changes: NOTIFY and the registered business logic (src/callbacks).
 CREATE FUNCTION payment.on_status_change() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'on_status_change_wrapper';

@@ -48,7 +48,7 @@ ALTER FUNCTION payment.remove_webhook_secret(text) SET log_min_error_statement =
 GRANT USAGE ON SCHEMA payment TO payment_admin, payment_app, payment_webhook;
 
 GRANT SELECT ON payment.payments, payment.refunds, payment.recurring_payments, payment.events,
-                payment.api_requests, payment.callbacks, payment.order_link
+                payment.api_requests, payment.callbacks, payment.order_link, payment.customers
    TO payment_admin, payment_app;
 
 GRANT EXECUTE ON FUNCTION
@@ -60,5 +60,13 @@ GRANT EXECUTE ON FUNCTION
     payment.retry_failed_events(),
     payment.link_order_table(regclass, name, name, name, name, name, text)
    TO payment_admin;
-GRANT EXECUTE ON FUNCTION payment.publishable_key() TO payment_admin, payment_app;
+GRANT EXECUTE ON FUNCTION payment.refund_payment(bigint, bigint),
+                          payment.cancel_subscription(bigint, boolean)
+   TO payment_admin;
+GRANT EXECUTE ON FUNCTION payment.publishable_key(),
+                          payment.create_payment(bigint, text, bigint),
+                          payment.start_subscription(bigint, text),
+                          payment.to_minor_units(numeric, text),
+                          payment.from_minor_units(bigint, text)
+   TO payment_admin, payment_app;
 GRANT EXECUTE ON FUNCTION payment.process_stripe_event(text, text) TO payment_webhook;

@@ -43,6 +43,14 @@ CREATE TABLE payment.callbacks (
 );
 COMMENT ON TABLE payment.callbacks IS 'Business logic registered with payment.add_callback(), run from the triggers on the payment tables.';
 
+-- One Stripe customer per order user, reused by every subscription of that user.
+CREATE TABLE payment.customers (
+    user_key           text PRIMARY KEY,
+    stripe_customer_id text NOT NULL UNIQUE,
+    livemode           boolean NOT NULL DEFAULT false,
+    created_at         timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
 CREATE SEQUENCE payment.recurring_payments_id_seq;
 CREATE TABLE payment.recurring_payments (
     id                     bigint PRIMARY KEY DEFAULT pg_catalog.nextval('payment.recurring_payments_id_seq'),
@@ -57,6 +65,8 @@ CREATE TABLE payment.recurring_payments (
     current_period_start   timestamptz,
     current_period_end     timestamptz,
     canceled_at            timestamptz,
+    -- What Stripe.js needs to confirm the first payment of an incomplete subscription.
+    client_secret          text,
     livemode               boolean NOT NULL DEFAULT false,
     last_event_at          timestamptz,
     created_at             timestamptz NOT NULL DEFAULT pg_catalog.now(),
@@ -146,6 +156,7 @@ COMMENT ON TABLE payment.api_requests IS 'Every outgoing Stripe call, retries in
 SELECT pg_catalog.pg_extension_config_dump('payment.installation', '');
 SELECT pg_catalog.pg_extension_config_dump('payment.order_link', '');
 SELECT pg_catalog.pg_extension_config_dump('payment.callbacks', '');
+SELECT pg_catalog.pg_extension_config_dump('payment.customers', '');
 SELECT pg_catalog.pg_extension_config_dump('payment.recurring_payments', '');
 SELECT pg_catalog.pg_extension_config_dump('payment.payments', '');
 SELECT pg_catalog.pg_extension_config_dump('payment.refunds', '');

@@ -32,6 +32,13 @@ pub enum PaymentError {
     LinkViolation { message: String, hint: String },
     /// An object that does not exist (payment id, handler...).
     NotFound(String),
+    /// Stripe (or the way to it) refused or failed; the SQLSTATE says whether to retry.
+    Stripe {
+        sqlstate: &'static str,
+        message: String,
+        detail: Option<String>,
+        hint: String,
+    },
 }
 
 pub type Result<T, E = PaymentError> = std::result::Result<T, E>;
@@ -63,6 +70,7 @@ impl PaymentError {
             PaymentError::WrongIsolation(_) => ERRCODE_ACTIVE_SQL_TRANSACTION,
             PaymentError::LinkViolation { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             PaymentError::NotFound(_) => ERRCODE_NO_DATA_FOUND,
+            PaymentError::Stripe { sqlstate, .. } => PgSqlErrorCode::from(make_sqlstate(sqlstate)),
         }
     }
 
@@ -77,6 +85,7 @@ impl PaymentError {
             | PaymentError::WrongIsolation(message)
             | PaymentError::LinkViolation { message, .. }
             | PaymentError::NotFound(message) => format!("pg_payment: {message}"),
+            PaymentError::Stripe { message, .. } => format!("pg_payment: Stripe: {message}"),
         }
     }
 
@@ -84,9 +93,9 @@ impl PaymentError {
         match self {
             PaymentError::InvalidParameter { hint, .. }
             | PaymentError::PermissionDenied { hint, .. } => hint.clone(),
-            PaymentError::NotConfigured { hint, .. } | PaymentError::LinkViolation { hint, .. } => {
-                Some(hint.clone())
-            }
+            PaymentError::NotConfigured { hint, .. }
+            | PaymentError::LinkViolation { hint, .. }
+            | PaymentError::Stripe { hint, .. } => Some(hint.clone()),
             PaymentError::SignatureRejected(_) => Some(
                 "Pass the raw request body and the Stripe-Signature header unchanged, and check \
                  that the endpoint's signing secret was added with payment.add_webhook_secret()."
@@ -105,11 +114,68 @@ impl PaymentError {
     /// Raise this error in Postgres. Never returns.
     pub fn raise(self) -> ! {
         let mut report = ErrorReport::new(self.sqlstate(), self.message(), "pg_payment");
+        if let PaymentError::Stripe {
+            detail: Some(detail),
+            ..
+        } = &self
+        {
+            report = report.set_detail(detail.clone());
+        }
         if let Some(hint) = self.hint() {
             report = report.set_hint(hint);
         }
         report.report(PgLogLevel::ERROR);
         unreachable!("ERROR does not return")
+    }
+}
+
+/// Postgres's MAKE_SQLSTATE: five characters, six bits each, first character lowest.
+fn make_sqlstate(code: &str) -> i32 {
+    code.bytes().take(5).enumerate().fold(0, |acc, (i, c)| {
+        acc | ((((c - b'0') & 0x3F) as i32) << (6 * i))
+    })
+}
+
+impl From<crate::stripe::StripeError> for PaymentError {
+    fn from(e: crate::stripe::StripeError) -> Self {
+        use crate::stripe::StripeError;
+        let (message, detail) = match &e {
+            StripeError::Api(api) => {
+                let mut parts = vec![format!("type: {}", api.error_type)];
+                let fields = [
+                    ("code", &api.code),
+                    ("decline_code", &api.decline_code),
+                    ("param", &api.param),
+                    ("request_id", &api.request_id),
+                ];
+                for (name, value) in fields {
+                    if let Some(value) = value {
+                        parts.push(format!("{name}: {value}"));
+                    }
+                }
+                parts.push(format!("http_status: {}", api.http_status));
+                (
+                    crate::stripe::scrub_secrets(&api.message),
+                    Some(parts.join(", ")),
+                )
+            }
+            other => (
+                other.to_string(),
+                other.request_id().map(|id| format!("request_id: {id}")),
+            ),
+        };
+        PaymentError::Stripe {
+            sqlstate: e.sqlstate(),
+            message,
+            detail,
+            hint: e.hint(),
+        }
+    }
+}
+
+impl From<crate::money::MoneyError> for PaymentError {
+    fn from(e: crate::money::MoneyError) -> Self {
+        PaymentError::invalid(e.to_string())
     }
 }
 

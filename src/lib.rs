@@ -16,7 +16,9 @@ mod api;
 mod callbacks;
 mod error;
 mod gucs;
+pub mod money;
 mod store;
+pub mod stripe;
 mod webhook;
 
 ::pgrx::pg_module_magic!(name, version);

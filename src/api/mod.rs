@@ -4,4 +4,8 @@
 pub mod callbacks;
 pub mod config;
 pub mod order_link;
+pub mod payments;
+pub mod refunds;
+mod stripe_call;
+pub mod subscriptions;
 pub mod webhooks;

@@ -12,10 +12,12 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 
 pub mod orders;
+pub mod refunds;
 pub mod secrets;
 
 pub const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
 pub const INT8: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT8OID);
+pub const INT4: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
 pub const BOOL: PgOid = PgOid::BuiltIn(PgBuiltInOids::BOOLOID);
 
 thread_local! {
@@ -160,6 +162,19 @@ pub fn payment_owner() -> Result<pg_sys::Oid> {
     .ok_or_else(|| PaymentError::NotFound("role payment_owner does not exist".into()))?;
     OWNER.with(|o| o.set(Some(oid)));
     Ok(oid)
+}
+
+/// This database's installation id, created on first use (not at CREATE EXTENSION, so that
+/// a restored dump brings the original one back).
+pub fn installation_id() -> Result<String> {
+    if let Some(id) = existing_installation_id()? {
+        return Ok(id);
+    }
+    Spi::run(
+        "INSERT INTO payment.installation (id) VALUES (pg_catalog.gen_random_uuid()) ON CONFLICT DO NOTHING",
+    )?;
+    existing_installation_id()?
+        .ok_or_else(|| PaymentError::NotFound("payment.installation is empty".into()))
 }
 
 /// The installation id if one exists yet, without creating it (webhooks must not write it).

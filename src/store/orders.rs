@@ -93,3 +93,49 @@ pub fn copy_for_renewal(client: &mut SpiClient<'_>, order_id: i64) -> Result<i64
         ))
     })
 }
+
+/// What a payment needs to know of an order.
+#[derive(Debug, Clone)]
+pub struct Order {
+    /// The price as text, exactly as stored (major units).
+    pub price: String,
+    pub currency: Option<String>,
+    pub user: Option<String>,
+}
+
+/// Read an order through the link. Serialises payment actions on the same order (an
+/// advisory lock, not a row lock: the app may keep updating its order meanwhile), so two
+/// concurrent calls count earlier attempts alike and cannot both create one.
+pub fn lock_order(client: &mut SpiClient<'_>, link: &OrderLink, order_id: i64) -> Result<Order> {
+    client.update(
+        "SELECT pg_catalog.pg_advisory_xact_lock(1885434221, pg_catalog.hashint8($1))",
+        None,
+        &[order_id.into()],
+    )?;
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let currency = match &link.currency_column {
+        Some(c) => format!("{}::text", quote(c)),
+        None => "NULL::text".into(),
+    };
+    let sql = format!(
+        "SELECT {amount}::numeric::text, {currency}, {user}::text FROM {table} WHERE {id} = $1",
+        amount = quote(&link.amount_column),
+        user = quote(&link.user_column),
+        table = link.table_sql,
+        id = quote(&link.id_column),
+    );
+    let mut rows = client.update(sql.as_str(), Some(1), &[order_id.into()])?;
+    let row = rows.next().ok_or_else(|| {
+        PaymentError::NotFound(format!(
+            "order {order_id} does not exist in {}",
+            link.table_sql
+        ))
+    })?;
+    let price: Option<String> = row.get(1)?;
+    Ok(Order {
+        price: price
+            .ok_or_else(|| PaymentError::invalid(format!("order {order_id} has no price")))?,
+        currency: row.get(2)?,
+        user: row.get(3)?,
+    })
+}

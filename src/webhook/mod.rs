@@ -11,6 +11,8 @@ pub mod transitions;
 
 mod apply;
 
+pub use apply::META_INSTALLATION;
+
 use crate::callbacks::{while_writing, Writer};
 use crate::error::{PaymentError, Result};
 use crate::gucs;

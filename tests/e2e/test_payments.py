@@ -39,9 +39,8 @@ def test_payment_failed_records_failure_code_and_message(shop):
     shop.deliver(ev.pi_event("payment_intent.payment_failed", p.pi))
     row = shop.payment_row(p.id)
     assert row["status"] == "failed"
-    # Stripe's code is card_declined; its decline_code (insufficient_funds) is the
-    # more useful of the two, and either is a faithful record.
-    assert row["failure_code"] in ("card_declined", "insufficient_funds")
+    # failure_code holds Stripe's error code, as a Charge's failure_code does.
+    assert row["failure_code"] == "card_declined"
     assert row["failure_message"] == "Your card has insufficient funds."
 
 

@@ -1,0 +1,150 @@
+//! `refund_payment`: refund what remains of a payment, or part of it.
+
+use super::stripe_call::{self, idempotency_key, metadata};
+use crate::callbacks::{while_writing, Writer};
+use crate::error::{OrRaise, PaymentError, Result};
+use crate::store::refunds::{self, RefundFacts};
+use crate::store::{self, first_value, INT8, TEXT};
+use crate::webhook::transitions::PaymentStatus;
+use pgrx::prelude::*;
+
+/// The row lock on the payment is held until the transaction ends: concurrent refunds of one
+/// payment queue here, so their sum can never pass the amount received.
+const LOCK_PAYMENT: &str = "\
+    SELECT status, amount_received, stripe_payment_intent_id, currency, order_id, \
+           (SELECT COALESCE(sum(r.amount), 0)::int8 FROM payment.refunds r \
+             WHERE r.payment_id = p.id AND r.status NOT IN ('failed', 'canceled')) \
+      FROM payment.payments p WHERE id = $1 FOR UPDATE";
+const EARLIER_ATTEMPTS: &str =
+    "SELECT count(*) FROM payment.refunds WHERE payment_id = $1 AND amount = $2";
+const REFUND_ID: &str = "SELECT id FROM payment.refunds WHERE stripe_refund_id = $1";
+
+struct Payment {
+    status: Option<PaymentStatus>,
+    amount_received: i64,
+    intent: Option<String>,
+    currency: String,
+    order_id: i64,
+    refunded: i64,
+}
+
+fn lock_payment(payment_id: i64) -> Result<Payment> {
+    Spi::connect_mut(|client| -> Result<Payment> {
+        let stmt = store::plan(client, LOCK_PAYMENT, &[INT8])?;
+        let mut rows = client.update(stmt, Some(1), &[payment_id.into()])?;
+        let row = rows.next().ok_or_else(|| {
+            PaymentError::NotFound(format!("payment {payment_id} does not exist"))
+        })?;
+        Ok(Payment {
+            status: row.get::<String>(1)?.and_then(|s| PaymentStatus::parse(&s)),
+            amount_received: row.get(2)?.unwrap_or(0),
+            intent: row.get(3)?,
+            currency: row.get(4)?.unwrap_or_default(),
+            order_id: row.get(5)?.unwrap_or(0),
+            refunded: row.get(6)?.unwrap_or(0),
+        })
+    })
+}
+
+fn refund(payment_id: i64, requested: Option<i64>) -> Result<i64> {
+    let installation = store::installation_id()?;
+    let payment = lock_payment(payment_id)?;
+    let status = payment
+        .status
+        .map(PaymentStatus::as_str)
+        .unwrap_or("unknown");
+    if !matches!(
+        payment.status,
+        Some(PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded)
+    ) {
+        return Err(PaymentError::NotConfigured {
+            message: format!("payment {payment_id} is {status}: only a succeeded payment can be refunded"),
+            hint: "Wait for payment_intent.succeeded to be applied, or cancel an unpaid payment instead."
+                .into(),
+        });
+    }
+    let intent = payment.intent.clone().ok_or_else(|| {
+        PaymentError::invalid(format!("payment {payment_id} has no PaymentIntent"))
+    })?;
+    let remaining = payment.amount_received - payment.refunded;
+    let amount = requested.unwrap_or(remaining);
+    if amount <= 0 || amount > remaining {
+        return Err(PaymentError::invalid_with_hint(
+            format!(
+                "cannot refund {amount} {cur} of payment {payment_id}: {remaining} {cur} remains \
+                 ({} received, {} already refunded)",
+                payment.amount_received,
+                payment.refunded,
+                cur = payment.currency
+            ),
+            "Amounts are in minor units; pass NULL to refund what remains.",
+        ));
+    }
+
+    // Attempts of this kind: refunds of this payment with this amount that exist. A call whose
+    // transaction rolled back left none, so its retry sends the same key and gets the same
+    // refund back; a genuinely new refund of the same amount gets a new key.
+    let attempt = Spi::connect_mut(|client| -> Result<i64> {
+        let stmt = store::plan(client, EARLIER_ATTEMPTS, &[INT8, INT8])?;
+        Ok(first_value::<i64>(client.update(
+            stmt,
+            Some(1),
+            &[payment_id.into(), amount.into()],
+        )?)?
+        .unwrap_or(0))
+    })?;
+    let amount_text = amount.to_string();
+    let payment_text = payment_id.to_string();
+    let order_text = payment.order_id.to_string();
+    let key = idempotency_key(
+        &installation,
+        "refund",
+        &[&intent, &amount_text, &payment.currency],
+        attempt,
+    );
+    let meta = metadata(
+        &installation,
+        &[
+            ("pg_payment_payment_id", &payment_text),
+            ("pg_payment_order_id", &order_text),
+        ],
+    );
+    let created = stripe_call::call(|client, hooks| {
+        client.create_refund(&intent, Some(amount), &meta, &key, hooks)
+    })?;
+
+    let currency = created.currency.clone().unwrap_or(payment.currency.clone());
+    let facts = RefundFacts {
+        id: &created.id,
+        amount: created.amount.unwrap_or(amount),
+        currency: &currency,
+        status: created.status.as_deref(),
+        reason: created.reason.as_deref(),
+        failure_reason: created.failure_reason.as_deref(),
+    };
+    while_writing(Writer::default(), || {
+        Spi::connect_mut(|client| -> Result<i64> {
+            refunds::record(client, payment_id, &facts, None, None)?;
+            let stmt = store::plan(client, REFUND_ID, &[TEXT])?;
+            first_value::<i64>(client.update(stmt, Some(1), &[created.id.as_str().into()])?)?
+                .ok_or_else(|| PaymentError::invalid("the refund row was not created"))
+        })
+    })
+}
+
+/// Internal: refund and return the refund's id; `payment.refund_payment` returns the row.
+#[pg_extern(
+    schema = "payment",
+    name = "refund_payment_id",
+    volatile,
+    parallel_unsafe
+)]
+fn refund_payment_id(payment_id: Option<i64>, refund_amount: Option<i64>) -> i64 {
+    let run = || {
+        refund(
+            payment_id.ok_or(PaymentError::NullArgument("payment_id"))?,
+            refund_amount,
+        )
+    };
+    run().or_raise()
+}

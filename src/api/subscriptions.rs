@@ -1,0 +1,235 @@
+//! `start_subscription` and `cancel_subscription`.
+
+use super::stripe_call::{self, idempotency_key, metadata};
+use crate::callbacks::{while_writing, Writer};
+use crate::error::{OrRaise, PaymentError, Result};
+use crate::store::{self, first_value, orders, BOOL, INT8, TEXT};
+use crate::stripe::Subscription;
+use crate::webhook::transitions::SUBSCRIPTION_STATUSES;
+use pgrx::prelude::*;
+
+const CUSTOMER_OF_USER: &str =
+    "SELECT stripe_customer_id FROM payment.customers WHERE user_key = $1";
+const SAVE_CUSTOMER: &str = "\
+    INSERT INTO payment.customers (user_key, stripe_customer_id, livemode) VALUES ($1, $2, $3) \
+    ON CONFLICT (user_key) DO NOTHING";
+const EARLIER_ATTEMPTS: &str =
+    "SELECT count(*) FROM payment.recurring_payments WHERE order_id = $1 AND price_id = $2";
+const INSERT_RECURRING: &str = "\
+    INSERT INTO payment.recurring_payments (order_id, price_id, stripe_customer_id, stripe_subscription_id, \
+                                            status, cancel_at_period_end, current_period_start, \
+                                            current_period_end, client_secret, livemode) \
+    VALUES ($1, $2, $3, $4, $5, $6, pg_catalog.to_timestamp($7), pg_catalog.to_timestamp($8), $9, $10) \
+    RETURNING id";
+const LOCK_RECURRING: &str = "\
+    SELECT stripe_subscription_id, status FROM payment.recurring_payments WHERE id = $1 FOR UPDATE";
+const UPDATE_AFTER_CANCEL: &str = "\
+    UPDATE payment.recurring_payments SET status = $2, cancel_at_period_end = $3, \
+           canceled_at = COALESCE(pg_catalog.to_timestamp($4), canceled_at), updated_at = pg_catalog.now() \
+     WHERE id = $1";
+
+fn status_of(subscription: &Subscription) -> Result<String> {
+    let status = subscription
+        .status
+        .clone()
+        .unwrap_or_else(|| "incomplete".into());
+    if SUBSCRIPTION_STATUSES.contains(&status.as_str()) {
+        Ok(status)
+    } else {
+        Err(PaymentError::invalid(format!(
+            "Stripe answered with an unknown subscription status {status}"
+        )))
+    }
+}
+
+fn start(order_id: i64, price_id: &str) -> Result<i64> {
+    if !price_id.starts_with("price_") && !price_id.starts_with("plan_") {
+        return Err(PaymentError::invalid_with_hint(
+            format!("\"{price_id}\" is not a Stripe price id"),
+            "Pass the id of a recurring Price (price_...).",
+        ));
+    }
+    let installation = store::installation_id()?;
+    let keys = stripe_call::keys()?;
+    let (order, attempt, customer) = Spi::connect_mut(|client| -> Result<_> {
+        let link = orders::require_link(client)?;
+        let order = orders::lock_order(client, &link, order_id)?;
+        let user = order.user.clone().ok_or_else(|| {
+            PaymentError::invalid(format!(
+                "order {order_id} has no user: subscriptions need a customer"
+            ))
+        })?;
+        let stmt = store::plan(client, CUSTOMER_OF_USER, &[TEXT])?;
+        let customer =
+            first_value::<String>(client.update(stmt, Some(1), &[user.as_str().into()])?)?;
+        let stmt = store::plan(client, EARLIER_ATTEMPTS, &[INT8, TEXT])?;
+        let attempt = first_value::<i64>(client.update(
+            stmt,
+            Some(1),
+            &[order_id.into(), price_id.into()],
+        )?)?
+        .unwrap_or(0);
+        Ok((user, attempt, customer))
+    })?;
+
+    // One Stripe customer per order user, created once and reused.
+    let customer = match customer {
+        Some(customer) => customer,
+        None => {
+            let key = idempotency_key(&installation, "customer", &[&order], 0);
+            let meta = metadata(&installation, &[("pg_payment_user", &order)]);
+            let created = stripe_call::call(|client, hooks| {
+                client.create_customer(None, &meta, &key, hooks)
+            })?;
+            Spi::connect_mut(|client| -> Result<()> {
+                let stmt = store::plan(client, SAVE_CUSTOMER, &[TEXT, TEXT, BOOL])?;
+                client.update(
+                    stmt,
+                    None,
+                    &[
+                        order.as_str().into(),
+                        created.id.as_str().into(),
+                        keys.livemode.into(),
+                    ],
+                )?;
+                Ok(())
+            })?;
+            created.id
+        }
+    };
+
+    let order_text = order_id.to_string();
+    let key = idempotency_key(
+        &installation,
+        "subscription",
+        &[&order_text, price_id, &customer],
+        attempt,
+    );
+    let meta = metadata(&installation, &[("pg_payment_order_id", &order_text)]);
+    let subscription = stripe_call::call(|client, hooks| {
+        client.create_subscription(&customer, price_id, &meta, &key, hooks)
+    })?;
+    let status = status_of(&subscription)?;
+    let (start, end) = subscription.current_period();
+    while_writing(Writer::default(), || {
+        Spi::connect_mut(|client| -> Result<i64> {
+            let stmt = store::plan(
+                client,
+                INSERT_RECURRING,
+                &[INT8, TEXT, TEXT, TEXT, TEXT, BOOL, INT8, INT8, TEXT, BOOL],
+            )?;
+            first_value::<i64>(client.update(
+                stmt,
+                Some(1),
+                &[
+                    order_id.into(),
+                    price_id.into(),
+                    customer.as_str().into(),
+                    subscription.id.as_str().into(),
+                    status.as_str().into(),
+                    subscription.cancel_at_period_end.unwrap_or(false).into(),
+                    start.into(),
+                    end.into(),
+                    subscription.first_payment_client_secret().into(),
+                    keys.livemode.into(),
+                ],
+            )?)?
+            .ok_or_else(|| PaymentError::invalid("the recurring payment row was not created"))
+        })
+    })
+}
+
+fn cancel(recurring_payment_id: i64, at_period_end: bool) -> Result<i64> {
+    let installation = store::installation_id()?;
+    let (subscription_id, status) =
+        Spi::connect_mut(|client| -> Result<(Option<String>, String)> {
+            let stmt = store::plan(client, LOCK_RECURRING, &[INT8])?;
+            let mut rows = client.update(stmt, Some(1), &[recurring_payment_id.into()])?;
+            let row = rows.next().ok_or_else(|| {
+                PaymentError::NotFound(format!(
+                    "recurring payment {recurring_payment_id} does not exist"
+                ))
+            })?;
+            Ok((row.get(1)?, row.get(2)?.unwrap_or_default()))
+        })?;
+    // Canceling twice is harmless: the row already says so.
+    if matches!(status.as_str(), "canceled" | "incomplete_expired") {
+        return Ok(recurring_payment_id);
+    }
+    let subscription_id = subscription_id.ok_or_else(|| {
+        PaymentError::invalid(format!(
+            "recurring payment {recurring_payment_id} has no Stripe subscription"
+        ))
+    })?;
+    let key = idempotency_key(
+        &installation,
+        "cancel",
+        &[
+            &subscription_id,
+            if at_period_end {
+                "at_period_end"
+            } else {
+                "now"
+            },
+        ],
+        0,
+    );
+    let subscription = stripe_call::call(|client, hooks| {
+        client.cancel_subscription(&subscription_id, at_period_end, &key, hooks)
+    })?;
+    let new_status = status_of(&subscription)?;
+    while_writing(Writer::default(), || {
+        Spi::connect_mut(|client| -> Result<()> {
+            let stmt = store::plan(client, UPDATE_AFTER_CANCEL, &[INT8, TEXT, BOOL, INT8])?;
+            client.update(
+                stmt,
+                None,
+                &[
+                    recurring_payment_id.into(),
+                    new_status.as_str().into(),
+                    subscription
+                        .cancel_at_period_end
+                        .unwrap_or(at_period_end)
+                        .into(),
+                    subscription.canceled_at.into(),
+                ],
+            )?;
+            Ok(())
+        })
+    })?;
+    Ok(recurring_payment_id)
+}
+
+/// Internal: `payment.start_subscription` (sql/api.sql) returns the row.
+#[pg_extern(
+    schema = "payment",
+    name = "start_subscription_id",
+    volatile,
+    parallel_unsafe
+)]
+fn start_subscription_id(order_id: Option<i64>, price_id: Option<&str>) -> i64 {
+    let run = || {
+        start(
+            order_id.ok_or(PaymentError::NullArgument("order_id"))?,
+            price_id.ok_or(PaymentError::NullArgument("price_id"))?,
+        )
+    };
+    run().or_raise()
+}
+
+/// Internal: `payment.cancel_subscription` (sql/api.sql) returns the row.
+#[pg_extern(
+    schema = "payment",
+    name = "cancel_subscription_id",
+    volatile,
+    parallel_unsafe
+)]
+fn cancel_subscription_id(recurring_payment_id: Option<i64>, at_period_end: Option<bool>) -> i64 {
+    let run = || {
+        cancel(
+            recurring_payment_id.ok_or(PaymentError::NullArgument("recurring_payment_id"))?,
+            at_period_end.unwrap_or(false),
+        )
+    };
+    run().or_raise()
+}

@@ -1,0 +1,259 @@
+//! The Stripe calls behind the SQL payment actions. Each sends only the
+//! parameters it needs: localstripe answers 400 to any parameter it does not
+//! know (`automatic_payment_methods`, a refund's `reason`…), and Stripe's
+//! defaults are what we want for the rest.
+
+use super::client::{Client, Hooks, Method};
+use super::error::StripeError;
+use super::form::{Form, Param};
+use super::objects::{Customer, PaymentIntent, Refund, Subscription};
+
+/// From this API version on, an invoice no longer has `payment_intent`; the
+/// first payment's client secret is `confirmation_secret.client_secret`.
+const CONFIRMATION_SECRET_SINCE: &str = "2025-03-31";
+
+impl Client {
+    /// `POST /v1/payment_intents` with `amount` in minor units (check it with
+    /// `money::check_charge_matches_order` first), a lower-case `currency`
+    /// and the metadata that ties it to this installation and order.
+    pub fn create_payment_intent(
+        &self,
+        amount: i64,
+        currency: &str,
+        metadata: &[(&str, &str)],
+        idempotency_key: &str,
+        hooks: Hooks<'_>,
+    ) -> Result<PaymentIntent, StripeError> {
+        check_amount(amount)?;
+        let currency = check_currency(currency)?;
+        let form = Form::new()
+            .push("amount", amount)
+            .push("currency", currency)
+            .push("metadata", Param::map(metadata));
+        self.request(
+            Method::Post,
+            "/v1/payment_intents",
+            &form,
+            Some(idempotency_key),
+            hooks,
+        )
+    }
+
+    /// `POST /v1/refunds` for a PaymentIntent; `amount` None refunds what
+    /// remains. No `reason`: localstripe refuses it.
+    pub fn create_refund(
+        &self,
+        payment_intent: &str,
+        amount: Option<i64>,
+        metadata: &[(&str, &str)],
+        idempotency_key: &str,
+        hooks: Hooks<'_>,
+    ) -> Result<Refund, StripeError> {
+        check_id("payment_intent", payment_intent)?;
+        if let Some(amount) = amount {
+            check_amount(amount)?;
+        }
+        let form = Form::new()
+            .push("payment_intent", payment_intent)
+            .push_opt("amount", amount)
+            .push("metadata", Param::map(metadata));
+        self.request(
+            Method::Post,
+            "/v1/refunds",
+            &form,
+            Some(idempotency_key),
+            hooks,
+        )
+    }
+
+    /// `POST /v1/customers`.
+    pub fn create_customer(
+        &self,
+        email: Option<&str>,
+        metadata: &[(&str, &str)],
+        idempotency_key: &str,
+        hooks: Hooks<'_>,
+    ) -> Result<Customer, StripeError> {
+        let form = Form::new()
+            .push_opt("email", email)
+            .push("metadata", Param::map(metadata));
+        self.request(
+            Method::Post,
+            "/v1/customers",
+            &form,
+            Some(idempotency_key),
+            hooks,
+        )
+    }
+
+    /// `POST /v1/subscriptions` for one price, with the first invoice
+    /// expanded so the returned subscription carries the client secret
+    /// Stripe.js confirms (`Subscription::first_payment_client_secret`).
+    ///
+    /// `payment_behavior=default_incomplete` is needed because the customer
+    /// has no payment method yet: without it Stripe refuses the subscription.
+    /// `save_default_payment_method=on_subscription` keeps the card that pays
+    /// the first invoice for the renewals. (localstripe knows neither, nor
+    /// prices; subscriptions are tested against the project's test server.)
+    pub fn create_subscription(
+        &self,
+        customer: &str,
+        price: &str,
+        metadata: &[(&str, &str)],
+        idempotency_key: &str,
+        hooks: Hooks<'_>,
+    ) -> Result<Subscription, StripeError> {
+        check_id("customer", customer)?;
+        check_id("price", price)?;
+        let item = Param::Map(vec![("price".into(), price.into())]);
+        let form = Form::new()
+            .push("customer", customer)
+            .push("items", Param::List(vec![item]))
+            .push("metadata", Param::map(metadata))
+            .push("payment_behavior", "default_incomplete")
+            .push(
+                "payment_settings",
+                Param::map(&[("save_default_payment_method", "on_subscription")]),
+            )
+            .push(
+                "expand",
+                Param::List(vec![
+                    first_invoice_expansion(&self.config.api_version).into()
+                ]),
+            );
+        self.request(
+            Method::Post,
+            "/v1/subscriptions",
+            &form,
+            Some(idempotency_key),
+            hooks,
+        )
+    }
+
+    /// Cancels now (`DELETE /v1/subscriptions/{id}`, which takes no key) or
+    /// at the end of the period (`POST … cancel_at_period_end=true`, with
+    /// `idempotency_key`).
+    pub fn cancel_subscription(
+        &self,
+        subscription: &str,
+        at_period_end: bool,
+        idempotency_key: &str,
+        hooks: Hooks<'_>,
+    ) -> Result<Subscription, StripeError> {
+        check_id("subscription", subscription)?;
+        let path = format!("/v1/subscriptions/{subscription}");
+        if at_period_end {
+            let form = Form::new().push("cancel_at_period_end", true);
+            self.request(Method::Post, &path, &form, Some(idempotency_key), hooks)
+        } else {
+            self.request(Method::Delete, &path, &Form::new(), None, hooks)
+        }
+    }
+
+    /// `GET /v1/payment_intents/{id}`, to learn what a call that was cut off
+    /// actually did.
+    pub fn retrieve_payment_intent(
+        &self,
+        id: &str,
+        hooks: Hooks<'_>,
+    ) -> Result<PaymentIntent, StripeError> {
+        check_id("payment_intent", id)?;
+        let path = format!("/v1/payment_intents/{id}");
+        self.request(Method::Get, &path, &Form::new(), None, hooks)
+    }
+
+    /// `GET /v1/subscriptions/{id}`.
+    pub fn retrieve_subscription(
+        &self,
+        id: &str,
+        hooks: Hooks<'_>,
+    ) -> Result<Subscription, StripeError> {
+        check_id("subscription", id)?;
+        let path = format!("/v1/subscriptions/{id}");
+        self.request(Method::Get, &path, &Form::new(), None, hooks)
+    }
+}
+
+/// The `expand` that puts the first payment's client secret in the answer.
+/// An empty version means the account's default, which for any account made
+/// since 2025 is the new shape.
+pub fn first_invoice_expansion(api_version: &str) -> &'static str {
+    if !api_version.is_empty() && api_version < CONFIRMATION_SECRET_SINCE {
+        "latest_invoice.payment_intent"
+    } else {
+        "latest_invoice.confirmation_secret"
+    }
+}
+
+fn check_amount(amount: i64) -> Result<(), StripeError> {
+    if amount > 0 {
+        Ok(())
+    } else {
+        Err(StripeError::InvalidArgument(format!(
+            "amount {amount} must be a positive number of minor units"
+        )))
+    }
+}
+
+fn check_currency(currency: &str) -> Result<String, StripeError> {
+    if currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_alphabetic()) {
+        Ok(currency.to_ascii_lowercase())
+    } else {
+        Err(StripeError::InvalidArgument(format!(
+            "currency {currency:?} is not a three-letter ISO code"
+        )))
+    }
+}
+
+/// Stripe ids are letters, digits and `_`. Checking keeps an id from
+/// changing the request path (`../`, `?`) when it goes into a URL.
+fn check_id(what: &str, id: &str) -> Result<(), StripeError> {
+    let ok = !id.is_empty()
+        && id.len() <= 255
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StripeError::InvalidArgument(format!(
+            "{what} {id:?} is not a Stripe id (letters, digits and _ only)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expansion_follows_the_pinned_api_version() {
+        assert_eq!(
+            first_invoice_expansion("2024-06-20"),
+            "latest_invoice.payment_intent"
+        );
+        assert_eq!(
+            first_invoice_expansion("2025-02-24.acacia"),
+            "latest_invoice.payment_intent"
+        );
+        assert_eq!(
+            first_invoice_expansion("2025-03-31.basil"),
+            "latest_invoice.confirmation_secret"
+        );
+        assert_eq!(
+            first_invoice_expansion(""),
+            "latest_invoice.confirmation_secret"
+        );
+    }
+
+    #[test]
+    fn arguments_are_checked_before_anything_is_sent() {
+        assert!(check_amount(1).is_ok());
+        assert!(check_amount(0).is_err());
+        assert_eq!(check_currency("USD").unwrap(), "usd");
+        assert!(check_currency("usd ").is_err());
+        assert!(check_id("subscription", "sub_1Abc").is_ok());
+        for bad in ["", "../v1/charges", "sub_1?x=1", "sub 1"] {
+            let err = check_id("subscription", bad).unwrap_err();
+            assert_eq!(err.sqlstate(), "22023");
+        }
+    }
+}
