@@ -1,13 +1,16 @@
 -- The payment tables. Rows the user's business depends on are marked for pg_dump;
 -- secrets are deliberately not (a restore must be followed by payment.configure).
 
+-- This database's installation id, sent in Stripe metadata so that two databases on one
+-- Stripe account never apply each other's objects, and part of every Idempotency-Key.
+-- Made here, at CREATE EXTENSION, so it exists before any transaction could roll it back.
+-- A restore runs CREATE EXTENSION (a new row) and then brings the dumped row back: the
+-- oldest row is the installation's id, and objects stamped with any of them are ours.
 CREATE TABLE payment.installation (
-    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    id         uuid NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+    id         uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
 );
-COMMENT ON TABLE payment.installation IS
-    'This database''s installation id, sent in Stripe metadata so two databases on one Stripe account never apply each other''s objects. Created on first use, kept by pg_dump.';
+INSERT INTO payment.installation DEFAULT VALUES;
 
 CREATE TABLE payment.secrets (
     kind       text NOT NULL CHECK (kind IN ('secret_key', 'publishable_key', 'webhook_secret')),

@@ -164,28 +164,39 @@ pub fn payment_owner() -> Result<pg_sys::Oid> {
     Ok(oid)
 }
 
-/// This database's installation id, created on first use (not at CREATE EXTENSION, so that
-/// a restored dump brings the original one back).
-pub fn installation_id() -> Result<String> {
-    if let Some(id) = existing_installation_id()? {
-        return Ok(id);
-    }
-    Spi::run(
-        "INSERT INTO payment.installation (id) VALUES (pg_catalog.gen_random_uuid()) ON CONFLICT DO NOTHING",
-    )?;
-    existing_installation_id()?
-        .ok_or_else(|| PaymentError::NotFound("payment.installation is empty".into()))
+const INSTALLATION_IDS: &str = "SELECT id::text FROM payment.installation ORDER BY created_at, id";
+
+thread_local! {
+    static INSTALLATION: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
 }
 
-/// The installation id if one exists yet, without creating it (webhooks must not write it).
-pub fn existing_installation_id() -> Result<Option<String>> {
-    thread_local!(static ID: RefCell<Option<String>> = const { RefCell::new(None) });
-    if let Some(id) = ID.with(|i| i.borrow().clone()) {
-        return Ok(Some(id));
+/// This database's installation ids, oldest (the one new objects carry) first; read once
+/// per backend. There are more than one only after a restore (see sql/tables.sql).
+fn installation_ids() -> Result<Vec<String>> {
+    if let Some(ids) = INSTALLATION.with(|i| i.borrow().clone()) {
+        return Ok(ids);
     }
-    let id = query_value::<String>("SELECT id::text FROM payment.installation", &[])?;
-    if let Some(id) = &id {
-        ID.with(|i| *i.borrow_mut() = Some(id.clone()));
-    }
-    Ok(id)
+    let ids = Spi::connect(|client| -> Result<Vec<String>> {
+        let mut ids = Vec::with_capacity(1);
+        for row in client.select(INSTALLATION_IDS, None, &[])? {
+            if let Some(id) = row.get::<String>(1)? {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    })?;
+    INSTALLATION.with(|i| *i.borrow_mut() = Some(ids.clone()));
+    Ok(ids)
+}
+
+/// The id new Stripe objects carry in their metadata and idempotency keys.
+pub fn installation_id() -> Result<String> {
+    installation_ids()?.into_iter().next().ok_or_else(|| {
+        PaymentError::NotFound("payment.installation is empty; reinstall pg_payment".into())
+    })
+}
+
+/// Is `id` one of this database's installation ids?
+pub fn is_our_installation(id: &str) -> Result<bool> {
+    Ok(installation_ids()?.iter().any(|ours| ours == id))
 }

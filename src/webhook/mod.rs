@@ -82,10 +82,7 @@ pub fn process(payload: Option<&str>, signature: Option<&str>) -> Result<Value> 
         now,
         i64::from(gucs::WEBHOOK_TOLERANCE_S.get()),
     )
-    .map_err(|e| match e {
-        signature::SignatureError::Malformed(_) => PaymentError::SignatureRejected(e.to_string()),
-        _ => PaymentError::SignatureRejected(e.to_string()),
-    })?;
+    .map_err(|e| PaymentError::SignatureRejected(e.to_string()))?;
 
     let envelope = event::parse_envelope(payload).map_err(PaymentError::InvalidPayload)?;
     let kind = EventKind::of(&envelope.event_type);

@@ -107,3 +107,11 @@ def test_restored_order_link_still_holds_and_renews(restored):
     assert target.deliver(evt)["outcome"] == "applied"
     assert target.value("SELECT count(*) FROM public.orders") == n + 1
     assert target.value("SELECT status FROM public.orders ORDER BY id DESC LIMIT 1") == "paid"
+
+
+def test_restored_database_keeps_its_installation_id(restored):
+    """Objects at Stripe carry the installation id: after a restore they must still be ours."""
+    source, target = restored["source"], restored["target"]
+    original = source.value("SELECT id::text FROM payment.installation ORDER BY created_at LIMIT 1")
+    ids = [r["id"] for r in target.rows("SELECT id::text AS id FROM payment.installation ORDER BY created_at, id")]
+    assert ids[0] == original

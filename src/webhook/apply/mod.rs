@@ -33,6 +33,6 @@ fn object<'a, T: serde::Deserialize<'a>>(envelope: &Envelope<'a>) -> Result<T> {
 fn is_foreign(metadata: &Option<event::Metadata>) -> Result<bool> {
     match event::metadata_str(metadata, META_INSTALLATION) {
         None => Ok(false),
-        Some(theirs) => Ok(store::existing_installation_id()?.as_deref() != Some(theirs)),
+        Some(theirs) => Ok(!store::is_our_installation(theirs)?),
     }
 }
