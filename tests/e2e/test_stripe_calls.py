@@ -2,6 +2,7 @@
 (tests/stripe_servers/fake_stripe.py: idempotency like Stripe's, fault injection)
 and, where it covers the API, against localstripe."""
 
+import json
 import sys
 import threading
 import time
@@ -399,3 +400,20 @@ def test_payment_refund_and_webhook_against_localstripe(shop, localstripe):
         assert refund["stripe_refund_id"].startswith("re_") and refund["status"] == "succeeded"
         payment = shop.payment_row(row["id"])
         assert (payment["amount_refunded"], payment["status"]) == (234, "partially_refunded")
+
+
+def test_customers_are_created_at_localstripe_which_has_no_prices(shop, localstripe):
+    """localstripe covers customers, not Prices: the customer call succeeds there, and the
+    subscription call that follows is refused with Stripe's error as a SQL error."""
+    point_at(shop, localstripe.url)
+    oid = shop.order(price="10.00", user_id="ls_user_1")
+    err = sql_error(shop.row, "SELECT * FROM payment.start_subscription(%s, 'price_monthly')", (oid,))
+    assert err.sqlstate == "22023" and "Stripe" in err.diag.message_primary
+    req = urllib.request.Request(f"{localstripe.url}/v1/customers?limit=100",
+                                 headers={"Authorization": f"Bearer {ev.SECRET_KEY}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        customers = json.loads(resp.read())["data"]
+    ours = [c for c in customers if (c.get("metadata") or {}).get("pg_payment_user") == "ls_user_1"]
+    assert len(ours) == 1
+    installation = shop.value("SELECT id::text FROM payment.installation ORDER BY created_at LIMIT 1")
+    assert ours[0]["metadata"]["pg_payment_installation"] == installation
