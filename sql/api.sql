@@ -73,6 +73,15 @@ BEGIN
 END
 $fn$;
 
+-- Backends keep copies of the secrets and callbacks (src/store/cache.rs); a change to
+-- either table tells every backend to drop them.
+CREATE FUNCTION payment.invalidate_payment_caches() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'invalidate_payment_caches_wrapper';
+CREATE TRIGGER invalidate_caches AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON payment.secrets
+    FOR EACH STATEMENT EXECUTE FUNCTION payment.invalidate_payment_caches();
+CREATE TRIGGER invalidate_caches AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON payment.callbacks
+    FOR EACH STATEMENT EXECUTE FUNCTION payment.invalidate_payment_caches();
+
 -- Status changes: NOTIFY and the registered business logic (src/callbacks).
 CREATE FUNCTION payment.on_status_change() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'on_status_change_wrapper';

@@ -48,7 +48,8 @@ ALTER FUNCTION payment.remove_webhook_secret(text) SET log_min_error_statement =
 GRANT USAGE ON SCHEMA payment TO payment_admin, payment_app, payment_webhook;
 
 GRANT SELECT ON payment.payments, payment.refunds, payment.recurring_payments, payment.events,
-                payment.api_requests, payment.callbacks, payment.order_link, payment.customers
+                payment.api_requests, payment.callbacks, payment.order_link, payment.customers,
+                payment.charges
    TO payment_admin, payment_app;
 
 GRANT EXECUTE ON FUNCTION

@@ -36,6 +36,7 @@ mod payment {}
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    store::cache::register_invalidation_callbacks();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -89,7 +89,7 @@ fn a_failing_handler_keeps_the_event_as_failed_and_rolls_back_its_changes() {
     assert_eq!(result["outcome"], "failed");
     assert!(result["error"].as_str().unwrap().contains("handler says no"));
     assert_eq!(payment_status(), "pending");
-    let stored = Spi::get_one::<String>("SELECT outcome FROM payment.events WHERE id = 'evt_pg_4'").unwrap();
+    let stored = Spi::get_one::<String>("SELECT outcome::text FROM payment.events WHERE id = 'evt_pg_4'").unwrap();
     assert_eq!(stored.as_deref(), Some("failed"));
 
     // After the fix, a redelivery applies it.
@@ -121,7 +121,7 @@ fn unknown_event_types_are_recorded_as_ignored() {
     setup();
     let body = event("evt_pg_6", "customer.created", 1_700_000_000, json!({"id": "cus_1", "object": "customer"}));
     assert_eq!(deliver(&body)["outcome"], "ignored");
-    let stored = Spi::get_one::<String>("SELECT outcome FROM payment.events WHERE id = 'evt_pg_6'").unwrap();
+    let stored = Spi::get_one::<String>("SELECT outcome::text FROM payment.events WHERE id = 'evt_pg_6'").unwrap();
     assert_eq!(stored.as_deref(), Some("ignored"));
 }
 

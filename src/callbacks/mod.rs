@@ -6,11 +6,13 @@
 
 use crate::error::{PaymentError, Result};
 use crate::gucs;
-use crate::store::{self, INT8, TEXT};
+use crate::store::cache::{self, CachedHandler};
+use crate::store::{self, INT8};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB};
 use serde_json::json;
 use std::cell::RefCell;
+use std::ffi::CString;
 
 /// Who is writing to the payment tables right now, in this backend.
 #[derive(Debug, Clone, Default)]
@@ -95,7 +97,7 @@ fn on_status_change<'a>(
         "row": row,
     });
     for handler in handlers {
-        run_handler(&handler, &callback)?;
+        run_handler(&handler, kind, &callback)?;
     }
     Ok(Some(new))
 }
@@ -112,23 +114,27 @@ fn get_text(tuple: &PgHeapTuple<'_, impl WhoAllocated>, column: &str) -> Result<
         .map_err(|e| PaymentError::invalid(format!("{column}: {e}")))
 }
 
-const NOTIFY: &str = "SELECT pg_catalog.pg_notify($1, $2)";
+extern "C-unwind" {
+    /// async.h; what pg_notify() calls, without a query around it.
+    fn Async_Notify(channel: *const std::ffi::c_char, payload: *const std::ffi::c_char);
+}
 
 /// NOTIFY with no amounts, customers or secrets: any role may LISTEN.
 fn notify(table: &str, id: i64, order_id: Option<i64>, status: &str) -> Result<()> {
-    let channel =
-        gucs::string_setting(&gucs::NOTIFY_CHANNEL).unwrap_or_else(|| "pg_payment".into());
     let payload =
         json!({"table": table, "id": id, "order_id": order_id, "status": status}).to_string();
-    Spi::connect(|client| -> Result<()> {
-        let stmt = store::plan(client, NOTIFY, &[TEXT, TEXT])?;
-        client.select(
-            stmt,
-            None,
-            &[channel.as_str().into(), payload.as_str().into()],
-        )?;
-        Ok(())
-    })
+    let payload =
+        CString::new(payload).map_err(|_| PaymentError::invalid("NOTIFY payload has a NUL"))?;
+    // The GUC's check hook keeps the channel a valid, NUL-free name.
+    let channel = gucs::NOTIFY_CHANNEL
+        .get()
+        .unwrap_or_else(|| c"pg_payment".to_owned());
+    // SAFETY: both strings are NUL-terminated and outlive the call; a Postgres error raised
+    // inside becomes a Rust panic at the boundary instead of a longjmp through Rust frames.
+    unsafe {
+        pg_sys::ffi::pg_guard_ffi_boundary(|| Async_Notify(channel.as_ptr(), payload.as_ptr()))
+    };
+    Ok(())
 }
 
 const ORDER_OF_PAYMENT: &str = "SELECT order_id FROM payment.payments WHERE id = $1";
@@ -140,44 +146,36 @@ fn order_of_payment(payment_id: i64) -> Result<Option<i64>> {
     })
 }
 
-struct Handler {
-    oid: pg_sys::Oid,
-    owner: pg_sys::Oid,
-    call_sql: String,
-}
-
-const HANDLERS_FOR: &str = "\
-    SELECT c.handler::oid, p.proowner, \
+const ALL_HANDLERS: &str = "\
+    SELECT c.kind, c.handler::oid, p.proowner, \
            'SELECT ' || pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(p.proname) || '($1)' \
       FROM payment.callbacks c \
       LEFT JOIN pg_catalog.pg_proc p ON p.oid = c.handler \
       LEFT JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-     WHERE c.kind = $1 \
      ORDER BY c.created_at, c.handler::oid";
 
-fn handlers_for(kind: &str) -> Result<Vec<Handler>> {
-    Spi::connect(|client| -> Result<Vec<Handler>> {
-        let stmt = store::plan(client, HANDLERS_FOR, &[TEXT])?;
+fn load_handlers() -> Result<Vec<CachedHandler>> {
+    Spi::connect(|client| -> Result<Vec<CachedHandler>> {
+        let stmt = store::plan(client, ALL_HANDLERS, &[])?;
         let mut handlers = Vec::new();
-        for row in client.select(stmt, None, &[kind.into()])? {
-            let oid: pg_sys::Oid = row.get(1)?.unwrap_or(pg_sys::Oid::INVALID);
-            // A regprocedure records no dependency: a dropped handler must fail loudly,
-            // never be skipped, or the business logic silently stops running.
-            let (Some(owner), Some(call_sql)) = (row.get::<pg_sys::Oid>(2)?, row.get::<String>(3)?)
-            else {
-                return Err(PaymentError::NotFound(format!(
-                    "the {kind} callback handler with oid {} no longer exists",
-                    oid.to_u32()
-                )));
-            };
-            handlers.push(Handler {
-                oid,
-                owner,
-                call_sql,
+        for row in client.select(stmt, None, &[])? {
+            handlers.push(CachedHandler {
+                kind: row.get(1)?.unwrap_or_default(),
+                oid: row.get(2)?.unwrap_or(pg_sys::Oid::INVALID),
+                owner: row.get(3)?,
+                call_sql: row.get(4)?,
             });
         }
         Ok(handlers)
     })
+}
+
+/// The handlers of `kind`, in registration order, from this backend's copy (store::cache).
+fn handlers_for(kind: &str) -> Result<Vec<CachedHandler>> {
+    Ok(cache::callbacks(load_handlers)?
+        .into_iter()
+        .filter(|h| h.kind == kind)
+        .collect())
 }
 
 const ROW_JSON_PAYMENTS: &str =
@@ -201,10 +199,17 @@ fn row_json(table: &str, id: i64) -> Result<serde_json::Value> {
 
 /// Call the handler as its owner, not as payment_owner: it can then update the app's own
 /// tables and cannot read the secrets. It runs in the transaction of the change.
-fn run_handler(handler: &Handler, callback: &serde_json::Value) -> Result<()> {
-    let _ = handler.oid;
-    store::as_role(handler.owner, || -> Result<()> {
-        Spi::run_with_args(&handler.call_sql, &[JsonB(callback.clone()).into()])?;
+fn run_handler(handler: &CachedHandler, kind: &str, callback: &serde_json::Value) -> Result<()> {
+    // A regprocedure records no dependency: a dropped handler must fail loudly, never be
+    // skipped, or the business logic silently stops running.
+    let (Some(owner), Some(call_sql)) = (handler.owner, handler.call_sql.as_deref()) else {
+        return Err(PaymentError::NotFound(format!(
+            "the {kind} callback handler with oid {} no longer exists",
+            handler.oid.to_u32()
+        )));
+    };
+    store::as_role(owner, || -> Result<()> {
+        Spi::run_with_args(call_sql, &[JsonB(callback.clone()).into()])?;
         Ok(())
     })
 }

@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 
+pub mod cache;
 pub mod orders;
 pub mod refunds;
 pub mod secrets;

@@ -9,6 +9,16 @@ use crate::store::{self, first_value, INT8, TEXT};
 use crate::webhook::transitions::{paid_status, refund_may_move, PaymentStatus, RefundStatus};
 use pgrx::spi::SpiClient;
 
+const REMEMBER_CHARGE: &str = "\
+    INSERT INTO payment.charges (stripe_charge_id, payment_id) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+
+/// Remember which payment a charge belongs to, so refunds that name only it can be placed.
+pub fn remember_charge(client: &mut SpiClient<'_>, charge_id: &str, payment_id: i64) -> Result<()> {
+    let stmt = store::plan(client, REMEMBER_CHARGE, &[TEXT, INT8])?;
+    client.update(stmt, None, &[charge_id.into(), payment_id.into()])?;
+    Ok(())
+}
+
 /// What Stripe says of one refund, from an event or an API answer.
 pub struct RefundFacts<'a> {
     pub id: &'a str,

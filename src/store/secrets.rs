@@ -3,16 +3,19 @@
 //! Only `payment_owner` can read it; nothing here ever formats a secret into a message.
 
 use crate::error::{PaymentError, Result};
-use crate::store::{self, plan};
+use crate::store::{self, cache, plan};
 use pgrx::prelude::*;
 
 const SELECT_WEBHOOK_SECRETS: &str =
     "SELECT value FROM payment.secrets WHERE kind = 'webhook_secret' ORDER BY created_at DESC";
 
-/// Every webhook secret currently valid. One indexed read of a tiny table per event:
-/// cheaper than keeping a per-backend cache coherent while a secret is rolled.
+/// Every webhook secret currently valid, from this backend's copy (see store::cache).
 pub fn webhook_secrets() -> Result<Vec<String>> {
-    let secrets = Spi::connect(|client| -> Result<Vec<String>> {
+    check_configured(cache::webhook_secrets(load_webhook_secrets)?)
+}
+
+fn load_webhook_secrets() -> Result<Vec<String>> {
+    Spi::connect(|client| -> Result<Vec<String>> {
         let stmt = plan(client, SELECT_WEBHOOK_SECRETS, &[])?;
         let mut out = Vec::with_capacity(2);
         for row in client.select(stmt, None, &[])? {
@@ -21,7 +24,10 @@ pub fn webhook_secrets() -> Result<Vec<String>> {
             }
         }
         Ok(out)
-    })?;
+    })
+}
+
+fn check_configured(secrets: Vec<String>) -> Result<Vec<String>> {
     if secrets.is_empty() {
         return Err(PaymentError::NotConfigured {
             message: "no webhook secret is configured, so no event can be verified".into(),

@@ -92,11 +92,11 @@ pub fn process(payload: Option<&str>, signature: Option<&str>) -> Result<Value> 
 
 const INSERT_EVENT: &str = "\
     INSERT INTO payment.events (id, type, livemode, api_version, created, payload, outcome, processed_at) \
-    VALUES ($1, $2, $3, $4, pg_catalog.to_timestamp($5), $6::jsonb, $7, pg_catalog.now()) \
+    VALUES ($1, $2, $3, $4, pg_catalog.to_timestamp($5), $6::jsonb, $7::payment.event_outcome, pg_catalog.now()) \
     ON CONFLICT (id) DO NOTHING RETURNING 1";
-const LOCK_EVENT: &str = "SELECT outcome FROM payment.events WHERE id = $1 FOR UPDATE";
+const LOCK_EVENT: &str = "SELECT outcome::text FROM payment.events WHERE id = $1 FOR UPDATE";
 const RECORD_OUTCOME: &str = "\
-    UPDATE payment.events SET outcome = $2, error = $3, processed_at = pg_catalog.clock_timestamp() \
+    UPDATE payment.events SET outcome = $2::payment.event_outcome, error = $3, processed_at = pg_catalog.clock_timestamp() \
     WHERE id = $1";
 
 /// De-duplicate by event id, then apply. INSERT ... ON CONFLICT comes first: it takes an xid

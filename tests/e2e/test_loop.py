@@ -110,6 +110,7 @@ def test_a_payment_travels_from_localstripe_through_the_relay_to_the_order(loop)
     row = shop.payment_row(payment["id"])
     assert (row["status"], row["amount_received"]) == ("succeeded", 2500)
     assert row["stripe_charge_id"].startswith("ch_")
+    assert shop.value("SELECT payment_id FROM payment.charges WHERE stripe_charge_id = %s", (row["stripe_charge_id"],)) == payment["id"]
     assert shop.value("SELECT status FROM public.orders WHERE id = %s", (order,)) == "paid"
     heard = [json.loads(n.payload) for n in listener.notifies(timeout=2, stop_after=2)]
     assert {"table": "payments", "id": payment["id"], "order_id": order, "status": "succeeded"} in heard

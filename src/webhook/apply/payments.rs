@@ -2,7 +2,7 @@
 
 use super::{is_foreign, object};
 use crate::error::Result;
-use crate::store::{self, INT8, TEXT};
+use crate::store::{self, refunds, INT8, TEXT};
 use crate::webhook::event::{Envelope, PaymentIntent};
 use crate::webhook::transitions::{paid_status, payment_may_move, PaymentStatus};
 use crate::webhook::Outcome;
@@ -45,10 +45,13 @@ pub fn apply_payment_intent(envelope: &Envelope<'_>, target: PaymentStatus) -> R
             return Ok(Outcome::Ignored);
         };
 
+        let charge_id = intent.charge_id();
+        if let Some(charge) = charge_id {
+            refunds::remember_charge(client, charge, id)?;
+        }
         if !payment_may_move(current, last_event_at, target, envelope.created) {
             return Ok(Outcome::Applied);
         }
-        let charge_id = intent.charge_id();
         let received = intent.amount_received.unwrap_or(intent.amount);
         if target == PaymentStatus::Succeeded
             && (received != amount || !intent.currency.eq_ignore_ascii_case(&currency))

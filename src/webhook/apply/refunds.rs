@@ -16,7 +16,8 @@ const PAYMENT_OF_REFUND: &str =
     "SELECT payment_id FROM payment.refunds WHERE stripe_refund_id = $1";
 const PAYMENT_BY_INTENT: &str =
     "SELECT id FROM payment.payments WHERE stripe_payment_intent_id = $1";
-const PAYMENT_BY_CHARGE: &str = "SELECT id FROM payment.payments WHERE stripe_charge_id = $1";
+const PAYMENT_BY_CHARGE: &str =
+    "SELECT payment_id FROM payment.charges WHERE stripe_charge_id = $1";
 const SET_CHARGE: &str = "\
     UPDATE payment.payments SET stripe_charge_id = $2 WHERE id = $1 AND stripe_charge_id IS NULL";
 
@@ -53,6 +54,7 @@ pub fn apply_charge_refunded(envelope: &Envelope<'_>) -> Result<Outcome> {
         let Some(payment_id) = payment_id else {
             return Ok(Outcome::Ignored);
         };
+        refunds::remember_charge(client, &charge.id, payment_id)?;
         let set_charge = store::plan(client, SET_CHARGE, &[INT8, TEXT])?;
         client.update(
             set_charge,
