@@ -13,12 +13,15 @@ CREATE TABLE payment.installation (
 INSERT INTO payment.installation DEFAULT VALUES;
 
 CREATE TABLE payment.secrets (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     kind       text NOT NULL CHECK (kind IN ('secret_key', 'publishable_key', 'webhook_secret')),
     value      text NOT NULL,
     livemode   boolean NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    PRIMARY KEY (kind, value)
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
+-- Unique on a digest, never on the value: a unique violation's DETAIL names the key's
+-- columns, and that line reaches the server log.
+CREATE UNIQUE INDEX secrets_kind_value_idx ON payment.secrets (kind, pg_catalog.md5(value));
 COMMENT ON TABLE payment.secrets IS
     'Stripe keys and webhook secrets. Readable by payment_owner only; left out of pg_dump on purpose.';
 
@@ -47,11 +50,13 @@ CREATE TABLE payment.callbacks (
 COMMENT ON TABLE payment.callbacks IS 'Business logic registered with payment.add_callback(), run from the triggers on the payment tables.';
 
 -- One Stripe customer per order user, reused by every subscription of that user.
+-- Test-mode and live-mode customers are different objects at Stripe.
 CREATE TABLE payment.customers (
-    user_key           text PRIMARY KEY,
-    stripe_customer_id text NOT NULL UNIQUE,
+    user_key           text NOT NULL,
     livemode           boolean NOT NULL DEFAULT false,
-    created_at         timestamptz NOT NULL DEFAULT pg_catalog.now()
+    stripe_customer_id text NOT NULL UNIQUE,
+    created_at         timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (user_key, livemode)
 );
 
 CREATE SEQUENCE payment.recurring_payments_id_seq;
@@ -124,6 +129,8 @@ CREATE TABLE payment.refunds (
     reason           text,
     stripe_refund_id text UNIQUE,
     failure_reason   text,
+    -- Set when refund_payment asked for it: such refunds count as attempts in its keys.
+    idempotency_key  text,
     last_event_at    timestamptz,
     created_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
     updated_at       timestamptz NOT NULL DEFAULT pg_catalog.now()

@@ -32,6 +32,8 @@ pub enum PaymentError {
     LinkViolation { message: String, hint: String },
     /// An object that does not exist (payment id, handler...).
     NotFound(String),
+    /// A fault of the extension or the server, not of the input (a relay answers 500).
+    Internal(String),
     /// Stripe (or the way to it) refused or failed; the SQLSTATE says whether to retry.
     Stripe {
         sqlstate: &'static str,
@@ -70,6 +72,7 @@ impl PaymentError {
             PaymentError::WrongIsolation(_) => ERRCODE_ACTIVE_SQL_TRANSACTION,
             PaymentError::LinkViolation { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             PaymentError::NotFound(_) => ERRCODE_NO_DATA_FOUND,
+            PaymentError::Internal(_) => ERRCODE_INTERNAL_ERROR,
             PaymentError::Stripe { sqlstate, .. } => PgSqlErrorCode::from(make_sqlstate(sqlstate)),
         }
     }
@@ -84,7 +87,8 @@ impl PaymentError {
             | PaymentError::PermissionDenied { message, .. }
             | PaymentError::WrongIsolation(message)
             | PaymentError::LinkViolation { message, .. }
-            | PaymentError::NotFound(message) => format!("pg_payment: {message}"),
+            | PaymentError::NotFound(message)
+            | PaymentError::Internal(message) => format!("pg_payment: {message}"),
             PaymentError::Stripe { message, .. } => format!("pg_payment: Stripe: {message}"),
         }
     }
@@ -190,10 +194,7 @@ impl std::error::Error for PaymentError {}
 /// SPI failures are bugs or catalog races, not user errors; they keep Postgres's own report.
 impl From<pgrx::spi::SpiError> for PaymentError {
     fn from(e: pgrx::spi::SpiError) -> Self {
-        PaymentError::InvalidParameter {
-            message: format!("internal query failed: {e}"),
-            hint: None,
-        }
+        PaymentError::Internal(format!("internal query failed: {e}"))
     }
 }
 

@@ -214,6 +214,10 @@ fn link(
         Spi::run(stmt)?;
     }
 
+    // Captured before switching to payment_owner: inside, CURRENT_USER is payment_owner.
+    let caller =
+        store::query_value::<String>("SELECT pg_catalog.quote_ident(current_user::text)", &[])?
+            .ok_or_else(|| PaymentError::invalid("no current user"))?;
     store::as_role(owner, || -> Result<()> {
         Spi::run_with_args(
             "INSERT INTO payment.order_link (order_table, table_name, id_column, amount_column, user_column, \
@@ -232,7 +236,9 @@ fn link(
             ],
         )?;
         // The guard trigger function is payment_owner's; let the table owner attach it.
-        Spi::run("GRANT EXECUTE ON FUNCTION payment.guard_order_rows() TO CURRENT_USER")?;
+        Spi::run(&format!(
+            "GRANT EXECUTE ON FUNCTION payment.guard_order_rows() TO {caller}"
+        ))?;
         Ok(())
     })?;
     let id = quoted(id_column);

@@ -10,13 +10,20 @@ use pgrx::prelude::*;
 
 /// The row lock on the payment is held until the transaction ends: concurrent refunds of one
 /// payment queue here, so their sum can never pass the amount received.
+/// `amount_refunded` comes from the locked row itself: after waiting for a concurrent refund,
+/// FOR UPDATE returns that row's newest version, while a subquery would still see the
+/// snapshot taken before the wait.
 const LOCK_PAYMENT: &str = "\
-    SELECT status, amount_received, stripe_payment_intent_id, currency, order_id, \
-           (SELECT COALESCE(sum(r.amount), 0)::int8 FROM payment.refunds r \
-             WHERE r.payment_id = p.id AND r.status NOT IN ('failed', 'canceled')) \
-      FROM payment.payments p WHERE id = $1 FOR UPDATE";
-const EARLIER_ATTEMPTS: &str =
-    "SELECT count(*) FROM payment.refunds WHERE payment_id = $1 AND amount = $2";
+    SELECT status, amount_received, stripe_payment_intent_id, currency, order_id, amount_refunded \
+      FROM payment.payments WHERE id = $1 FOR UPDATE";
+/// Attempts are refunds that refund_payment asked for and committed: a refund recorded only
+/// by its webhook (the dashboard's, or one whose call rolled back) is not an attempt, so the
+/// call that rolled back replays to it instead of refunding a second time.
+const EARLIER_ATTEMPTS: &str = "\
+    SELECT count(*) FROM payment.refunds \
+     WHERE payment_id = $1 AND amount = $2 AND idempotency_key IS NOT NULL";
+const MARK_ATTEMPT: &str = "\
+    UPDATE payment.refunds SET idempotency_key = $2 WHERE stripe_refund_id = $1 AND idempotency_key IS NULL";
 const REFUND_ID: &str = "SELECT id FROM payment.refunds WHERE stripe_refund_id = $1";
 
 struct Payment {
@@ -125,6 +132,12 @@ fn refund(payment_id: i64, requested: Option<i64>) -> Result<i64> {
     while_writing(Writer::default(), || {
         Spi::connect_mut(|client| -> Result<i64> {
             refunds::record(client, payment_id, &facts, None, None)?;
+            let mark = store::plan(client, MARK_ATTEMPT, &[TEXT, TEXT])?;
+            client.update(
+                mark,
+                None,
+                &[created.id.as_str().into(), key.as_str().into()],
+            )?;
             let stmt = store::plan(client, REFUND_ID, &[TEXT])?;
             first_value::<i64>(client.update(stmt, Some(1), &[created.id.as_str().into()])?)?
                 .ok_or_else(|| PaymentError::invalid("the refund row was not created"))

@@ -89,7 +89,10 @@ fn log_attempt(attempt: &RequestLog) {
 /// it waits, and a pending cancel ends the call.
 fn check_interrupts() -> std::result::Result<(), Interrupted> {
     // SAFETY: plain reads of volatile flags set by signal handlers.
-    if unsafe { pg_sys::InterruptPending } != 0 && unsafe { pg_sys::InterruptHoldoffCount } == 0 {
+    // Only a cancel (query cancel, statement timeout) or a termination ends the call; other
+    // interrupts (barriers, memory-context logging) wait for it to finish.
+    let pending = unsafe { pg_sys::QueryCancelPending != 0 || pg_sys::ProcDiePending != 0 };
+    if pending && unsafe { pg_sys::InterruptHoldoffCount } == 0 {
         Err(Interrupted)
     } else {
         Ok(())

@@ -9,10 +9,10 @@ use crate::webhook::transitions::SUBSCRIPTION_STATUSES;
 use pgrx::prelude::*;
 
 const CUSTOMER_OF_USER: &str =
-    "SELECT stripe_customer_id FROM payment.customers WHERE user_key = $1";
+    "SELECT stripe_customer_id FROM payment.customers WHERE user_key = $1 AND livemode = $2";
 const SAVE_CUSTOMER: &str = "\
     INSERT INTO payment.customers (user_key, stripe_customer_id, livemode) VALUES ($1, $2, $3) \
-    ON CONFLICT (user_key) DO NOTHING";
+    ON CONFLICT (user_key, livemode) DO NOTHING";
 const EARLIER_ATTEMPTS: &str =
     "SELECT count(*) FROM payment.recurring_payments WHERE order_id = $1 AND price_id = $2";
 const INSERT_RECURRING: &str = "\
@@ -22,7 +22,8 @@ const INSERT_RECURRING: &str = "\
     VALUES ($1, $2, $3, $4, $5, $6, pg_catalog.to_timestamp($7), pg_catalog.to_timestamp($8), $9, $10) \
     RETURNING id";
 const LOCK_RECURRING: &str = "\
-    SELECT stripe_subscription_id, status FROM payment.recurring_payments WHERE id = $1 FOR UPDATE";
+    SELECT stripe_subscription_id, status, updated_at::text \
+      FROM payment.recurring_payments WHERE id = $1 FOR UPDATE";
 const UPDATE_AFTER_CANCEL: &str = "\
     UPDATE payment.recurring_payments SET status = $2, cancel_at_period_end = $3, \
            canceled_at = COALESCE(pg_catalog.to_timestamp($4), canceled_at), updated_at = pg_catalog.now() \
@@ -59,9 +60,12 @@ fn start(order_id: i64, price_id: &str) -> Result<i64> {
                 "order {order_id} has no user: subscriptions need a customer"
             ))
         })?;
-        let stmt = store::plan(client, CUSTOMER_OF_USER, &[TEXT])?;
-        let customer =
-            first_value::<String>(client.update(stmt, Some(1), &[user.as_str().into()])?)?;
+        let stmt = store::plan(client, CUSTOMER_OF_USER, &[TEXT, BOOL])?;
+        let customer = first_value::<String>(client.update(
+            stmt,
+            Some(1),
+            &[user.as_str().into(), keys.livemode.into()],
+        )?)?;
         let stmt = store::plan(client, EARLIER_ATTEMPTS, &[INT8, TEXT])?;
         let attempt = first_value::<i64>(client.update(
             stmt,
@@ -141,8 +145,8 @@ fn start(order_id: i64, price_id: &str) -> Result<i64> {
 
 fn cancel(recurring_payment_id: i64, at_period_end: bool) -> Result<i64> {
     let installation = store::installation_id()?;
-    let (subscription_id, status) =
-        Spi::connect_mut(|client| -> Result<(Option<String>, String)> {
+    let (subscription_id, status, version) =
+        Spi::connect_mut(|client| -> Result<(Option<String>, String, String)> {
             let stmt = store::plan(client, LOCK_RECURRING, &[INT8])?;
             let mut rows = client.update(stmt, Some(1), &[recurring_payment_id.into()])?;
             let row = rows.next().ok_or_else(|| {
@@ -150,7 +154,11 @@ fn cancel(recurring_payment_id: i64, at_period_end: bool) -> Result<i64> {
                     "recurring payment {recurring_payment_id} does not exist"
                 ))
             })?;
-            Ok((row.get(1)?, row.get(2)?.unwrap_or_default()))
+            Ok((
+                row.get(1)?,
+                row.get(2)?.unwrap_or_default(),
+                row.get(3)?.unwrap_or_default(),
+            ))
         })?;
     // Canceling twice is harmless: the row already says so.
     if matches!(status.as_str(), "canceled" | "incomplete_expired") {
@@ -161,17 +169,18 @@ fn cancel(recurring_payment_id: i64, at_period_end: bool) -> Result<i64> {
             "recurring payment {recurring_payment_id} has no Stripe subscription"
         ))
     })?;
+    // The row's last change stands for "earlier attempts": a call that rolled back left it
+    // as it was and replays; after any committed change (a cancellation undone in the
+    // dashboard, say) the same request is a new one.
+    let when = if at_period_end {
+        "at_period_end"
+    } else {
+        "now"
+    };
     let key = idempotency_key(
         &installation,
         "cancel",
-        &[
-            &subscription_id,
-            if at_period_end {
-                "at_period_end"
-            } else {
-                "now"
-            },
-        ],
+        &[&subscription_id, when, &version],
         0,
     );
     let subscription = stripe_call::call(|client, hooks| {

@@ -30,11 +30,18 @@ pub fn register_invalidation_callbacks() {
             Some(on_relcache_invalidation),
             pg_sys::Datum::from(0),
         );
-        pg_sys::CacheRegisterSyscacheCallback(
-            pg_sys::SysCacheIdentifier::PROCOID as i32,
-            Some(on_function_invalidation),
-            pg_sys::Datum::from(0),
-        );
+        // The cached call names the handler by schema and name: a renamed, re-owned or
+        // dropped function, or a renamed schema, drops the copy.
+        for cache in [
+            pg_sys::SysCacheIdentifier::PROCOID,
+            pg_sys::SysCacheIdentifier::NAMESPACEOID,
+        ] {
+            pg_sys::CacheRegisterSyscacheCallback(
+                cache as i32,
+                Some(on_function_invalidation),
+                pg_sys::Datum::from(0),
+            );
+        }
     }
 }
 

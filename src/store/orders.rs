@@ -94,6 +94,18 @@ pub fn copy_for_renewal(client: &mut SpiClient<'_>, order_id: i64) -> Result<i64
     })
 }
 
+const ORDER_LOCK: &str =
+    "SELECT pg_catalog.pg_advisory_xact_lock(1885434221, pg_catalog.hashint8($1))";
+
+/// The transaction-long lock that payment actions on one order take. A webhook that cannot
+/// place an object of ours takes it too: it then waits for the transaction that is creating
+/// the object (Stripe may answer, and send the event, before that transaction commits).
+pub fn take_order_lock(client: &mut SpiClient<'_>, order_id: i64) -> Result<()> {
+    let stmt = crate::store::plan(client, ORDER_LOCK, &[crate::store::INT8])?;
+    client.update(stmt, None, &[order_id.into()])?;
+    Ok(())
+}
+
 /// What a payment needs to know of an order.
 #[derive(Debug, Clone)]
 pub struct Order {
@@ -107,11 +119,7 @@ pub struct Order {
 /// advisory lock, not a row lock: the app may keep updating its order meanwhile), so two
 /// concurrent calls count earlier attempts alike and cannot both create one.
 pub fn lock_order(client: &mut SpiClient<'_>, link: &OrderLink, order_id: i64) -> Result<Order> {
-    client.update(
-        "SELECT pg_catalog.pg_advisory_xact_lock(1885434221, pg_catalog.hashint8($1))",
-        None,
-        &[order_id.into()],
-    )?;
+    take_order_lock(client, order_id)?;
     let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
     let currency = match &link.currency_column {
         Some(c) => format!("{}::text", quote(c)),

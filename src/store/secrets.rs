@@ -55,7 +55,7 @@ pub fn replace(kind: &'static str, value: &str, livemode: bool) -> Result<()> {
             &[kind.into()],
         )?;
         client.update(
-            "INSERT INTO payment.secrets (kind, value, livemode) VALUES ($1, $2, $3)",
+            "INSERT INTO payment.secrets (kind, value, livemode) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
             None,
             &[kind.into(), value.into(), livemode.into()],
         )?;

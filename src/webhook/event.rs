@@ -187,7 +187,8 @@ impl PaymentIntent {
         if let Some(latest) = &self.latest_charge {
             return Some(latest.id());
         }
-        self.charges.as_ref()?.data.last().map(|c| c.id.as_str())
+        // Stripe lists are newest first: the first charge is the latest attempt.
+        self.charges.as_ref()?.data.first().map(|c| c.id.as_str())
     }
 }
 
@@ -265,6 +266,8 @@ pub struct Subscription {
     pub canceled_at: Option<i64>,
     #[serde(default)]
     pub items: Option<List<SubscriptionItem>>,
+    #[serde(default)]
+    pub metadata: Option<Metadata>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

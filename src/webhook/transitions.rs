@@ -154,16 +154,21 @@ pub fn refund_may_move(
     })
 }
 
-/// Subscriptions: `canceled` and `incomplete_expired` are final; otherwise the newest event wins.
+/// Subscriptions: `canceled` and `incomplete_expired` are final; otherwise the newest event
+/// wins, and of two in the same second the one that is not `incomplete` (a subscription
+/// never becomes incomplete again once it was anything else).
 pub fn subscription_may_move(
     current: &str,
+    target: &str,
     last_event_at: Option<i64>,
     event_created: i64,
 ) -> bool {
     if matches!(current, "canceled" | "incomplete_expired") {
         return false;
     }
-    is_newer(last_event_at, event_created, || true)
+    is_newer(last_event_at, event_created, || {
+        target != "incomplete" || current == "incomplete"
+    })
 }
 
 pub const SUBSCRIPTION_STATUSES: [&str; 8] = [
@@ -261,8 +266,11 @@ mod tests {
 
     #[test]
     fn subscriptions_take_the_newest_event_until_canceled() {
-        assert!(subscription_may_move("active", Some(10), 11));
-        assert!(!subscription_may_move("active", Some(10), 9));
-        assert!(!subscription_may_move("canceled", Some(10), 11));
+        assert!(subscription_may_move("active", "past_due", Some(10), 11));
+        assert!(!subscription_may_move("active", "past_due", Some(10), 9));
+        assert!(!subscription_may_move("canceled", "active", Some(10), 11));
+        assert!(subscription_may_move("active", "past_due", Some(10), 10));
+        assert!(!subscription_may_move("active", "incomplete", Some(10), 10));
+        assert!(subscription_may_move("incomplete", "active", Some(10), 10));
     }
 }

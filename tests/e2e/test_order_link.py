@@ -146,3 +146,19 @@ def test_only_the_table_owner_may_link_it(db):
     with pytest.raises(psycopg.Error):
         link(admin)
     link(db.conn)  # the owner (here the superuser that owns it) can
+
+
+def test_a_table_owner_who_is_not_a_superuser_can_link_and_is_guarded(db):
+    """The documented path: link_order_table called by the table's (non-superuser) owner."""
+    from e2e_helpers import OWNER
+    db.conn.execute(f"CREATE SCHEMA shop AUTHORIZATION {OWNER}")
+    owner = db.connect(user=OWNER)
+    owner.execute("GRANT USAGE ON SCHEMA shop TO payment_owner")
+    owner.execute("CREATE TABLE shop.orders (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+                  "user_id text, price numeric(10,2) NOT NULL, status text NOT NULL DEFAULT 'new')")
+    owner.execute("SELECT payment.link_order_table('shop.orders')")
+    order = owner.execute("INSERT INTO shop.orders (user_id, price) VALUES ('u', 5) RETURNING id").fetchone()[0]
+    db.conn.execute("INSERT INTO payment.payments (order_id, amount, currency) VALUES (%s, 500, 'usd')", (order,))
+    with pytest.raises(psycopg.Error) as info:
+        owner.execute("DELETE FROM shop.orders WHERE id = %s", (order,))
+    assert info.value.sqlstate == "23503"

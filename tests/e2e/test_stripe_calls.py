@@ -417,3 +417,40 @@ def test_customers_are_created_at_localstripe_which_has_no_prices(shop, localstr
     assert len(ours) == 1
     installation = shop.value("SELECT id::text FROM payment.installation ORDER BY created_at LIMIT 1")
     assert ours[0]["metadata"]["pg_payment_installation"] == installation
+
+
+def test_a_refund_whose_call_rolled_back_and_whose_webhook_arrived_is_not_made_twice(api, fake):
+    row = paid(api, fake)
+    conn = api.connect(autocommit=False)
+    first = api.row("SELECT * FROM payment.refund_payment(%s, 300)", (row["id"],), conn=conn)
+    conn.rollback()
+    # Stripe made the refund; its webhook records it against the payment.
+    sent = fake.event("refund.created", first["stripe_refund_id"])
+    assert api.value("SELECT payment.process_stripe_event(%s, %s)",
+                     (sent["payload"], sent["signature"]))["outcome"] == "applied"
+    again = api.row("SELECT * FROM payment.refund_payment(%s, 300)", (row["id"],))
+    assert again["stripe_refund_id"] == first["stripe_refund_id"]
+    assert api.payment_row(row["id"])["amount_refunded"] == 300
+    assert len(api.refunds_of(row["id"])) == 1
+    # A genuinely new refund of the same amount is a new refund.
+    another = api.row("SELECT * FROM payment.refund_payment(%s, 300)", (row["id"],))
+    assert another["stripe_refund_id"] != first["stripe_refund_id"]
+    assert api.payment_row(row["id"])["amount_refunded"] == 600
+
+
+def test_a_webhook_waits_for_the_transaction_creating_its_subscription(api, fake):
+    oid = api.order(price="10.00", user_id="subscriber_race")
+    creator = api.connect(autocommit=False)
+    sub = api.row("SELECT * FROM payment.start_subscription(%s, 'price_monthly')", (oid,), conn=creator)
+    sent = fake.event("customer.subscription.updated", sub["stripe_subscription_id"], status="active")
+    results = []
+    relay = threading.Thread(target=lambda: results.append(api.value(
+        "SELECT payment.process_stripe_event(%s, %s)", (sent["payload"], sent["signature"]),
+        conn=api.connect())))
+    relay.start()
+    time.sleep(0.5)
+    assert relay.is_alive(), "the webhook did not wait for the creating transaction"
+    creator.commit()
+    relay.join(10)
+    assert results and results[0]["outcome"] == "applied"
+    assert api.recurring_row(sub["id"])["status"] == "active"

@@ -28,6 +28,35 @@ fn object<'a, T: serde::Deserialize<'a>>(envelope: &Envelope<'a>) -> Result<T> {
     event::object(envelope).map_err(PaymentError::InvalidPayload)
 }
 
+pub const META_ORDER_ID: &str = "pg_payment_order_id";
+
+/// The order an object of ours was created for, when its metadata says so.
+fn our_order(metadata: &Option<event::Metadata>) -> Result<Option<i64>> {
+    let Some(installation) = event::metadata_str(metadata, META_INSTALLATION) else {
+        return Ok(None);
+    };
+    if !store::is_our_installation(installation)? {
+        return Ok(None);
+    }
+    Ok(event::metadata_str(metadata, META_ORDER_ID).and_then(|id| id.parse().ok()))
+}
+
+/// An object of ours that its row does not show yet may be in a transaction still creating
+/// it: wait for that transaction (it holds the order's lock) before giving up on it.
+/// Returns whether it waited, so the caller looks again.
+fn waited_for_creator(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    metadata: &Option<event::Metadata>,
+) -> Result<bool> {
+    match our_order(metadata)? {
+        Some(order_id) => {
+            store::orders::take_order_lock(client, order_id)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
 /// An object stamped with another installation's id belongs to another database on the
 /// same Stripe account: never apply it here.
 fn is_foreign(metadata: &Option<event::Metadata>) -> Result<bool> {

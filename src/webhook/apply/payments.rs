@@ -1,6 +1,6 @@
 //! The payment callback: payment_intent.* events move a payment forward.
 
-use super::{is_foreign, object};
+use super::{is_foreign, object, waited_for_creator};
 use crate::error::Result;
 use crate::store::{self, refunds, INT8, TEXT};
 use crate::webhook::event::{Envelope, PaymentIntent};
@@ -31,6 +31,9 @@ pub fn apply_payment_intent(envelope: &Envelope<'_>, target: PaymentStatus) -> R
     Spi::connect_mut(|client| -> Result<Outcome> {
         let lock = store::plan(client, LOCK_PAYMENT_BY_INTENT, &[TEXT])?;
         let mut rows = client.update(lock, Some(1), &[intent.id.as_str().into()])?;
+        if rows.is_empty() && waited_for_creator(client, &intent.metadata)? {
+            rows = client.update(lock, Some(1), &[intent.id.as_str().into()])?;
+        }
         let Some(row) = rows.next() else {
             // A PaymentIntent this database did not create (or whose transaction rolled back).
             return Ok(Outcome::Ignored);

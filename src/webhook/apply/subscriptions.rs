@@ -1,7 +1,7 @@
 //! The recurring callbacks: customer.subscription.* move the recurring payment
 //! (management); a paid renewal invoice creates a new order and its payment (deduction).
 
-use super::object;
+use super::{object, waited_for_creator};
 use crate::error::{PaymentError, Result};
 use crate::store::{self, orders, BOOL, INT8, TEXT};
 use crate::webhook::event::{Envelope, Invoice, Subscription};
@@ -65,10 +65,19 @@ pub fn apply_subscription(envelope: &Envelope<'_>) -> Result<Outcome> {
         )));
     }
     Spi::connect_mut(|client| {
-        let Some(recurring) = lock_recurring(client, &subscription.id)? else {
+        let mut recurring = lock_recurring(client, &subscription.id)?;
+        if recurring.is_none() && waited_for_creator(client, &subscription.metadata)? {
+            recurring = lock_recurring(client, &subscription.id)?;
+        }
+        let Some(recurring) = recurring else {
             return Ok(Outcome::Ignored);
         };
-        if !subscription_may_move(&recurring.status, recurring.last_event_at, envelope.created) {
+        if !subscription_may_move(
+            &recurring.status,
+            &subscription.status,
+            recurring.last_event_at,
+            envelope.created,
+        ) {
             return Ok(Outcome::Applied);
         }
         let (start, end) = subscription.period();
@@ -155,7 +164,12 @@ pub fn apply_invoice_payment_failed(envelope: &Envelope<'_>) -> Result<Outcome> 
         };
         let eligible = matches!(recurring.status.as_str(), "active" | "trialing");
         if eligible
-            && subscription_may_move(&recurring.status, recurring.last_event_at, envelope.created)
+            && subscription_may_move(
+                &recurring.status,
+                "past_due",
+                recurring.last_event_at,
+                envelope.created,
+            )
         {
             let stmt = store::plan(client, MARK_PAST_DUE, &[INT8, INT8])?;
             client.update(stmt, None, &[recurring.id.into(), envelope.created.into()])?;
