@@ -218,3 +218,15 @@ def test_renewal_copies_the_order_with_custom_paid_status_and_fresh_unique_value
     assert new["reference"] != old["reference"]
     pay = db.row("SELECT * FROM payment.payments WHERE recurring_payment_id = %s", (rid,))
     assert pay["order_id"] == new["id"] and pay["amount"] == 1999 and pay["status"] == "succeeded"
+
+
+def test_the_first_invoice_is_a_payment_of_the_subscriptions_own_order(shop):
+    s = shop.subscription(status="incomplete")
+    n_orders = len(orders(shop))
+    in_id = ev.stripe_id("in")
+    for type_ in ("invoice.paid", "invoice.payment_succeeded"):
+        res = shop.deliver(inv_event(s, type_, in_id=in_id, billing_reason="subscription_create"))
+        assert res["outcome"] == "applied"
+    assert len(orders(shop)) == n_orders
+    [payment] = shop.rows("SELECT * FROM payment.payments WHERE recurring_payment_id = %s", (s.id,))
+    assert (payment["order_id"], payment["status"], payment["amount"]) == (s.order_id, "succeeded", 1000)

@@ -108,11 +108,14 @@ pub fn apply_subscription(envelope: &Envelope<'_>) -> Result<Outcome> {
 /// Stripe sends invoice.paid and invoice.payment_succeeded for the same invoice: the invoice
 /// id is unique on payments, and the subscription row is locked first, so the renewal order
 /// is created once per invoice, never once per event.
+///
+/// Every paid invoice of a subscription is one payment row. A renewal (`subscription_cycle`)
+/// is paid by a NEW order, a copy of the subscription's; any other invoice (the first one,
+/// a proration) is a payment of the subscription's own order. An invoice that took no money
+/// (a trial's first one) records nothing.
 pub fn apply_invoice_paid(envelope: &Envelope<'_>) -> Result<Outcome> {
     let invoice: Invoice = object(envelope)?;
-    if invoice.billing_reason.as_deref() != Some("subscription_cycle") {
-        return Ok(Outcome::Ignored);
-    }
+    let renewal = invoice.billing_reason.as_deref() == Some("subscription_cycle");
     let Some(subscription_id) = invoice.subscription_id() else {
         return Ok(Outcome::Ignored);
     };
@@ -127,7 +130,13 @@ pub fn apply_invoice_paid(envelope: &Envelope<'_>) -> Result<Outcome> {
         {
             return Ok(Outcome::Applied);
         }
-        let new_order = orders::copy_for_renewal(client, recurring.order_id)?;
+        let order_id = if renewal {
+            orders::copy_for_renewal(client, recurring.order_id)?
+        } else if invoice.amount_paid > 0 {
+            recurring.order_id
+        } else {
+            return Ok(Outcome::Applied);
+        };
         let insert = store::plan(
             client,
             INSERT_RENEWAL_PAYMENT,
@@ -137,7 +146,7 @@ pub fn apply_invoice_paid(envelope: &Envelope<'_>) -> Result<Outcome> {
             insert,
             None,
             &[
-                new_order.into(),
+                order_id.into(),
                 recurring.id.into(),
                 invoice.amount_paid.into(),
                 invoice.currency.to_lowercase().into(),
