@@ -109,6 +109,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from server_process import ServerProcess
+
 DEFAULT_API_VERSION = "2025-03-31.basil"
 # Same value as tests/e2e/stripe_events.WEBHOOK_SECRET, so both builders agree.
 DEFAULT_WEBHOOK_SECRET = "whsec_test_secret_e2e"
@@ -1437,7 +1439,7 @@ def main(argv=None):
 # Python API for tests
 
 
-class FakeStripe:
+class FakeStripe(ServerProcess):
     """A running fake_stripe subprocess.
 
         fs = FakeStripe.start(tmp_path)          # 127.0.0.1, free port, own process
@@ -1554,25 +1556,6 @@ class FakeStripe:
             "overrides": overrides or None})
         out["event"] = json.loads(out["payload"])
         return out
-
-    def stop(self, timeout=5.0):
-        """Stop the server by its PID: SIGTERM, then SIGKILL after `timeout`."""
-        if self.proc.poll() is None:
-            try:
-                os.kill(self.pid, signal.SIGTERM)
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.proc.wait(timeout)
-            except ProcessLookupError:
-                pass
-        return self.proc.returncode
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 if __name__ == "__main__":

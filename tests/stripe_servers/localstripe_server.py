@@ -61,12 +61,13 @@ import argparse
 import http.server
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+
+from server_process import ServerProcess
 import urllib.request
 
 PICKLE_NAME = "localstripe.pickle"
@@ -162,7 +163,7 @@ def _http(method, url, data=None, headers=None, timeout=10):
         return r.status, r.read()
 
 
-class LocalStripe:
+class LocalStripe(ServerProcess):
     """A running localstripe subprocess bound to 127.0.0.1."""
 
     def __init__(self, proc, state_dir, port):
@@ -225,25 +226,6 @@ class LocalStripe:
     def flush(self):
         """DELETE /_config/data: forget every object (webhooks stay)."""
         return _http("DELETE", f"{self.url}/_config/data")[0]
-
-    def stop(self, timeout=5.0):
-        """Stop by PID: SIGTERM, then SIGKILL after a bounded wait."""
-        if self.proc.poll() is None:
-            try:
-                os.kill(self.pid, signal.SIGTERM)
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.proc.wait(timeout)
-            except ProcessLookupError:
-                pass
-        return self.proc.returncode
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 class WebhookCatcher:
