@@ -65,7 +65,11 @@ impl EventKind {
             "payment_intent.requires_action" => EventKind::PaymentIntent(P::RequiresAction),
             "payment_intent.payment_failed" => EventKind::PaymentIntent(P::Failed),
             "payment_intent.canceled" => EventKind::PaymentIntent(P::Canceled),
-            "refund.created" | "refund.updated" | "refund.failed" => EventKind::Refund,
+            // Before API 2024-10-28, refund.* events were sent only for refunds without a charge;
+            // a card refund's updates came as charge.refund.updated, with the refund as object.
+            "refund.created" | "refund.updated" | "refund.failed" | "charge.refund.updated" => {
+                EventKind::Refund
+            }
             "charge.refunded" => EventKind::ChargeRefunded,
             "customer.subscription.created"
             | "customer.subscription.updated"

@@ -173,3 +173,20 @@ def test_refund_arriving_before_the_payment_succeeded_is_kept_and_counted(shop):
     assert row["amount_received"] == 1000
     assert row["amount_refunded"] == 300
     assert row["status"] == "partially_refunded"
+
+
+def test_charge_refund_updated_moves_a_card_refund_on_api_versions_before_acacia(shop):
+    """Before 2024-10-28 a card refund's updates came only as charge.refund.updated."""
+    p = shop.paid_payment()
+    re_id = ev.stripe_id("re")
+    old = "2023-10-16"
+    shop.deliver(ev.refund_event("refund.created", re_id, pi_id=p.pi, ch_id=p.charge, amount=400,
+                                 status="pending", api_version=old, created=ev.now() - 60))
+    updated = ev.refund_event("refund.updated", re_id, pi_id=p.pi, ch_id=p.charge, amount=400,
+                              status="failed", api_version=old, created=ev.now())
+    updated["type"] = "charge.refund.updated"
+    assert shop.deliver(updated)["outcome"] == "applied"
+    [refund] = shop.refunds_of(p.id)
+    assert refund["status"] == "failed"
+    payment = shop.payment_row(p.id)
+    assert (payment["amount_refunded"], payment["status"]) == (0, "succeeded")
