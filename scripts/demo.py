@@ -10,8 +10,8 @@ Everything it started, it stops.
 
 With STRIPE_SECRET_KEY (sk_test_...) and STRIPE_WEBHOOK_SECRET (whsec_...) in the
 environment it talks to Stripe's test mode instead of localstripe; Stripe must then reach
-the relay, e.g. with `stripe listen --forward-to 127.0.0.1:8787/stripe/webhook` (its
-printed secret is STRIPE_WEBHOOK_SECRET). That mode is documented, not run here.
+the relay: set RELAY_PORT=8787 and run `stripe listen --forward-to 127.0.0.1:8787/stripe/webhook`
+(its printed secret is STRIPE_WEBHOOK_SECRET). That mode is documented, not run here.
 """
 
 import json
@@ -111,7 +111,8 @@ class Relay:
     """examples/webhook_relay/relay.py, as a login role that only has payment_webhook."""
 
     def __init__(self, conninfo, workdir):
-        self.port = free_port()
+        # RELAY_PORT fixes the port, so `stripe listen --forward-to` can name it beforehand.
+        self.port = int(os.environ.get("RELAY_PORT") or free_port())
         self.url = f"http://127.0.0.1:{self.port}/stripe/webhook"
         env = dict(os.environ, DATABASE_URL=conninfo, RELAY_HOST="127.0.0.1", RELAY_PORT=str(self.port))
         self.log = open(Path(workdir) / "relay.log", "w")
