@@ -4,7 +4,10 @@
 //! - `api`: the SQL functions of the schema `payment` (thin; they call the domain);
 //! - `webhook`: `process_stripe_event`: signature, event parsing, forward-only rules, apply;
 //! - `callbacks`: the triggers that NOTIFY and run the app's registered business logic;
-//! - `store`: prepared statements, subtransactions, secrets and the linked order table;
+//! - `store`: prepared statements, subtransactions, per-backend caches, secrets, refunds
+//!   bookkeeping and the linked order table;
+//! - `stripe`: the Stripe HTTP client, and `money`: currencies and minor units (no pgrx in
+//!   either, so both are tested with plain unit tests);
 //! - `gucs`: every `pg_payment.*` setting; `error`: the one error type and its SQLSTATEs.
 //!
 //! The schema itself is SQL, in `sql/`, run in this order: bootstrap (roles, schema),
