@@ -416,12 +416,12 @@ mod tests {
     #[test]
     fn secret_keys_never_reach_a_message() {
         let body = r#"{"error":{"type":"invalid_request_error",
-            "message":"Invalid API Key provided: sk_live_51H8abcDEF123 (also rk_test_Zz9 and whsec_abc)"}}"#;
+            "message":"Invalid API Key provided: sk_live_DUMMY_key_00 (also rk_test_Zz9 and whsec_abc)"}}"#;
         let err = StripeError::from_response(401, None, body);
         let shown = format!("{err} {err:?} {}", err.hint());
         for secret in [
-            "sk_live_51H8abcDEF123",
-            "51H8abc",
+            "sk_live_DUMMY_key_00",
+            "DUMMY_key",
             "rk_test_Zz9",
             "whsec_abc",
         ] {
