@@ -1,14 +1,22 @@
--- Hand everything to payment_owner, pin every function's search_path, revoke PUBLIC,
--- and grant each role exactly its functions.
-DO $finalize$
+-- The hardening of every object of the extension, in one function that this file (at
+-- CREATE EXTENSION) and every upgrade script (at ALTER EXTENSION UPDATE) call, so that an
+-- object an upgrade adds gets the same owner, security setting, pinned search_path and
+-- grants as the ones a fresh install made. An upgrade script that changes this function
+-- carries its new body with CREATE OR REPLACE before calling it; the upgrade test checks
+-- that the result is the catalog of a fresh install.
+--
+-- It runs as the role that runs CREATE EXTENSION or ALTER EXTENSION (a superuser): it is
+-- owned by the extension's owner, not by payment_owner (which could otherwise rewrite the
+-- code the next upgrade runs), and nobody else may execute it.
+CREATE FUNCTION payment.harden() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $harden$
 DECLARE
     ext oid := (SELECT oid FROM pg_catalog.pg_extension WHERE extname = 'pg_payment');
     obj record;
 BEGIN
-    EXECUTE 'ALTER SCHEMA payment OWNER TO payment_owner';
-    EXECUTE 'REVOKE ALL ON SCHEMA payment FROM PUBLIC';
-
-    -- Tables (their owned sequences and indexes follow them).
+    -- 1. Owners and security settings: payment_owner owns the schema, the tables (their
+    --    sequences, indexes and row types follow) and the functions, which run as it.
+    ALTER SCHEMA payment OWNER TO payment_owner;
     FOR obj IN
         SELECT c.oid::regclass AS rel
           FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class c ON c.oid = d.objid
@@ -16,17 +24,15 @@ BEGIN
            AND d.refobjid = ext AND d.deptype = 'e' AND c.relkind IN ('r', 'p')
     LOOP
         EXECUTE pg_catalog.format('ALTER TABLE %s OWNER TO payment_owner', obj.rel);
-        EXECUTE pg_catalog.format('REVOKE ALL ON TABLE %s FROM PUBLIC', obj.rel);
     END LOOP;
-
     FOR obj IN
         SELECT p.oid::regprocedure AS fn, p.proname
           FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc p ON p.oid = d.objid
          WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.refclassid = 'pg_catalog.pg_extension'::regclass
            AND d.refobjid = ext AND d.deptype = 'e' AND p.pronamespace = 'payment'::regnamespace
+           AND p.proname <> 'harden'
     LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO payment_owner', obj.fn);
-        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', obj.fn);
         -- These run with the caller's rights on purpose (see their source); all others
         -- run as payment_owner.
         IF obj.proname IN ('link_order_table', 'add_callback', 'remove_callback') THEN
@@ -35,39 +41,87 @@ BEGIN
             EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', obj.fn);
         END IF;
     END LOOP;
+
+    -- A failing call to a function that takes a secret must not log its statement (and so
+    -- the key) to the server log. payment_owner may set just this one superuser setting.
+    GRANT SET ON PARAMETER log_min_error_statement TO payment_owner;
+    ALTER FUNCTION payment.configure(text, text, text) SET log_min_error_statement = panic;
+    ALTER FUNCTION payment.add_webhook_secret(text) SET log_min_error_statement = panic;
+    ALTER FUNCTION payment.remove_webhook_secret(text) SET log_min_error_statement = panic;
+
+    -- 2. Revoke every privilege held by anyone but the owner, PUBLIC included: privileges
+    --    the installing role had by default (ALTER DEFAULT PRIVILEGES) must not survive, nor
+    --    the implicit EXECUTE and USAGE that PUBLIC has on new functions and types.
+    FOR obj IN
+        WITH members AS (
+            SELECT d.classid, d.objid
+              FROM pg_catalog.pg_depend d
+             WHERE d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.refobjid = ext AND d.deptype = 'e'
+        ), acls AS (
+            SELECT pg_catalog.format('SCHEMA %I', n.nspname) AS target,
+                   COALESCE(n.nspacl, pg_catalog.acldefault('n', n.nspowner)) AS acl, n.nspowner AS owner
+              FROM members m JOIN pg_catalog.pg_namespace n ON m.classid = 'pg_catalog.pg_namespace'::regclass AND n.oid = m.objid
+            UNION ALL
+            SELECT CASE WHEN c.relkind = 'S' THEN 'SEQUENCE ' ELSE 'TABLE ' END || c.oid::regclass::text,
+                   COALESCE(c.relacl, pg_catalog.acldefault(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::"char", c.relowner)),
+                   c.relowner
+              FROM members m JOIN pg_catalog.pg_class c ON m.classid = 'pg_catalog.pg_class'::regclass AND c.oid = m.objid
+             WHERE c.relkind IN ('r', 'p', 'S')
+            UNION ALL
+            -- Column privileges: a grantee of a column alone appears in no table ACL.
+            SELECT 'TABLE ' || c.oid::regclass::text, a.attacl, c.relowner
+              FROM members m JOIN pg_catalog.pg_class c ON m.classid = 'pg_catalog.pg_class'::regclass AND c.oid = m.objid
+              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attacl IS NOT NULL
+            UNION ALL
+            SELECT 'FUNCTION ' || p.oid::regprocedure::text,
+                   COALESCE(p.proacl, pg_catalog.acldefault('f', p.proowner)), p.proowner
+              FROM members m JOIN pg_catalog.pg_proc p ON m.classid = 'pg_catalog.pg_proc'::regclass AND p.oid = m.objid
+            UNION ALL
+            SELECT 'TYPE ' || t.oid::regtype::text,
+                   COALESCE(t.typacl, pg_catalog.acldefault('T', t.typowner)), t.typowner
+              FROM members m JOIN pg_catalog.pg_type t ON m.classid = 'pg_catalog.pg_type'::regclass AND t.oid = m.objid
+        )
+        SELECT a.target,
+               CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(x.grantee::regrole::text) END AS grantee
+          FROM acls a, pg_catalog.aclexplode(a.acl) x
+         WHERE x.grantee <> a.owner
+        UNION
+        -- Always PUBLIC too: a REVOKE makes every ACL explicit, so that a fresh install
+        -- and an upgraded one store the same ACLs.
+        SELECT a.target, 'PUBLIC' FROM acls a
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM %s CASCADE', obj.target, obj.grantee);
+    END LOOP;
+
+    -- 3. Exactly the grants of DESIGN.md's Roles section.
+    GRANT USAGE ON SCHEMA payment TO payment_admin, payment_app, payment_webhook;
+
+    GRANT SELECT ON payment.payments, payment.refunds, payment.recurring_payments, payment.events,
+                    payment.api_requests, payment.callbacks, payment.order_link
+       TO payment_admin, payment_app;
+
+    GRANT EXECUTE ON FUNCTION
+        payment.configure(text, text, text),
+        payment.add_webhook_secret(text),
+        payment.remove_webhook_secret(text),
+        payment.add_callback(text, regprocedure),
+        payment.remove_callback(text, regprocedure),
+        payment.retry_failed_events(),
+        payment.link_order_table(regclass, name, name, name, name, name, text),
+        payment.refund_payment(bigint, bigint),
+        payment.cancel_subscription(bigint, boolean),
+        -- link_order_table creates the row guard on the caller's table, which needs EXECUTE.
+        payment.guard_order_rows()
+       TO payment_admin;
+    GRANT EXECUTE ON FUNCTION
+        payment.publishable_key(),
+        payment.create_payment(bigint, text, bigint),
+        payment.start_subscription(bigint, text),
+        payment.to_minor_units(numeric, text),
+        payment.from_minor_units(bigint, text)
+       TO payment_admin, payment_app;
+    GRANT EXECUTE ON FUNCTION payment.process_stripe_event(text, text) TO payment_webhook;
 END
-$finalize$;
+$harden$;
 
--- A failing call to a function that takes a secret must not log its statement (and so the
--- key) to the server log. payment_owner may set just this one superuser setting.
-GRANT SET ON PARAMETER log_min_error_statement TO payment_owner;
-ALTER FUNCTION payment.configure(text, text, text) SET log_min_error_statement = panic;
-ALTER FUNCTION payment.add_webhook_secret(text) SET log_min_error_statement = panic;
-ALTER FUNCTION payment.remove_webhook_secret(text) SET log_min_error_statement = panic;
-
-GRANT USAGE ON SCHEMA payment TO payment_admin, payment_app, payment_webhook;
-
-GRANT SELECT ON payment.payments, payment.refunds, payment.recurring_payments, payment.events,
-                payment.api_requests, payment.callbacks, payment.order_link, payment.customers,
-                payment.charges
-   TO payment_admin, payment_app;
-
-GRANT EXECUTE ON FUNCTION
-    payment.configure(text, text, text),
-    payment.add_webhook_secret(text),
-    payment.remove_webhook_secret(text),
-    payment.add_callback(text, regprocedure),
-    payment.remove_callback(text, regprocedure),
-    payment.retry_failed_events(),
-    payment.link_order_table(regclass, name, name, name, name, name, text)
-   TO payment_admin;
-GRANT EXECUTE ON FUNCTION payment.refund_payment(bigint, bigint),
-                          payment.cancel_subscription(bigint, boolean)
-   TO payment_admin;
-GRANT EXECUTE ON FUNCTION payment.publishable_key(),
-                          payment.create_payment(bigint, text, bigint),
-                          payment.start_subscription(bigint, text),
-                          payment.to_minor_units(numeric, text),
-                          payment.from_minor_units(bigint, text)
-   TO payment_admin, payment_app;
-GRANT EXECUTE ON FUNCTION payment.process_stripe_event(text, text) TO payment_webhook;
+SELECT payment.harden();

@@ -6,6 +6,7 @@
 
 use crate::error::{OrRaise, PaymentError, Result};
 use crate::store;
+use crate::store::schema_version::require_current;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -70,6 +71,7 @@ fn check_handler(handler: pg_sys::Oid) -> Result<String> {
 #[pg_extern(sql = false)]
 fn add_callback(kind: Option<&str>, handler: Option<pg_sys::Oid>) {
     let run = || -> Result<()> {
+        require_current()?;
         let kind = check_kind(kind)?;
         let handler = handler.ok_or(PaymentError::NullArgument("handler"))?;
         check_handler(handler)?;
@@ -88,6 +90,7 @@ fn add_callback(kind: Option<&str>, handler: Option<pg_sys::Oid>) {
 #[pg_extern(sql = false)]
 fn remove_callback(kind: Option<&str>, handler: Option<pg_sys::Oid>) {
     let run = || -> Result<()> {
+        require_current()?;
         let kind = check_kind(kind)?;
         let handler = handler.ok_or(PaymentError::NullArgument("handler"))?;
         // A dropped handler can still be removed; one that exists must be the caller's.

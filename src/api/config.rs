@@ -1,6 +1,7 @@
 //! Keys and webhook secrets. Nothing here ever puts a key's text into a message.
 
 use crate::error::{OrRaise, PaymentError, Result};
+use crate::store::schema_version::require_current;
 use crate::store::secrets;
 use pgrx::prelude::*;
 
@@ -93,13 +94,18 @@ fn configure(
     publishable_key: default!(Option<&str>, "NULL"),
     webhook_secret: default!(Option<&str>, "NULL"),
 ) {
-    configure_keys(secret_key, publishable_key, webhook_secret).or_raise()
+    let run = || {
+        require_current()?;
+        configure_keys(secret_key, publishable_key, webhook_secret)
+    };
+    run().or_raise()
 }
 
 /// Add a webhook signing secret; every configured secret is accepted while one is rolled.
 #[pg_extern(schema = "payment", volatile)]
 fn add_webhook_secret(secret: Option<&str>) {
     let run = || -> Result<()> {
+        require_current()?;
         let secret = secret.ok_or(PaymentError::NullArgument("secret"))?;
         check_webhook_secret(secret)?;
         secrets::add("webhook_secret", secret, false)
@@ -110,6 +116,7 @@ fn add_webhook_secret(secret: Option<&str>) {
 #[pg_extern(schema = "payment", volatile)]
 fn remove_webhook_secret(secret: Option<&str>) {
     let run = || -> Result<()> {
+        require_current()?;
         let secret = secret.ok_or(PaymentError::NullArgument("secret"))?;
         if secrets::remove("webhook_secret", secret)? {
             Ok(())
@@ -125,7 +132,11 @@ fn remove_webhook_secret(secret: Option<&str>) {
 /// The publishable key, for Stripe.js in a frontend. NULL until configured.
 #[pg_extern(schema = "payment", stable)]
 fn publishable_key() -> Option<String> {
-    secrets::get("publishable_key").or_raise()
+    let run = || {
+        require_current()?;
+        secrets::get("publishable_key")
+    };
+    run().or_raise()
 }
 
 #[cfg(test)]

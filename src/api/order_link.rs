@@ -5,6 +5,7 @@
 //! The link row is then written as `payment_owner`.
 
 use crate::error::{OrRaise, PaymentError, Result};
+use crate::store::schema_version::require_current;
 use crate::store::{self, orders};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -214,10 +215,6 @@ fn link(
         Spi::run(stmt)?;
     }
 
-    // Captured before switching to payment_owner: inside, CURRENT_USER is payment_owner.
-    let caller =
-        store::query_value::<String>("SELECT pg_catalog.quote_ident(current_user::text)", &[])?
-            .ok_or_else(|| PaymentError::invalid("no current user"))?;
     store::as_role(owner, || -> Result<()> {
         Spi::run_with_args(
             "INSERT INTO payment.order_link (order_table, table_name, id_column, amount_column, user_column, \
@@ -235,12 +232,10 @@ fn link(
                 signature.as_str().into(),
             ],
         )?;
-        // The guard trigger function is payment_owner's; let the table owner attach it.
-        Spi::run(&format!(
-            "GRANT EXECUTE ON FUNCTION payment.guard_order_rows() TO {caller}"
-        ))?;
         Ok(())
     })?;
+    // The row guard's function is executable by payment_admin, whose member the caller is
+    // (or a superuser): the trigger is created with the caller's rights.
     let id = quoted(id_column);
     Spi::run(&format!(
         "CREATE TRIGGER pg_payment_guard_rows BEFORE DELETE OR UPDATE OF {id} ON {table_name} \
@@ -279,6 +274,7 @@ fn link_order_table(
     paid_status: Option<&str>,
 ) {
     let run = || -> Result<()> {
+        require_current()?;
         let currency_column = match currency_column {
             Some(_) => Some(name(currency_column, "currency_column")?),
             None => None,

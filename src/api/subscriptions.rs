@@ -3,6 +3,7 @@
 use super::stripe_call::{self, idempotency_key, metadata};
 use crate::callbacks::{while_writing, Writer};
 use crate::error::{OrRaise, PaymentError, Result};
+use crate::store::schema_version::require_current;
 use crate::store::{self, first_value, orders, BOOL, INT8, TEXT};
 use crate::stripe::Subscription;
 use crate::webhook::transitions::SUBSCRIPTION_STATUSES;
@@ -218,6 +219,7 @@ fn cancel(recurring_payment_id: i64, at_period_end: bool) -> Result<i64> {
 )]
 fn start_subscription_id(order_id: Option<i64>, price_id: Option<&str>) -> i64 {
     let run = || {
+        require_current()?;
         start(
             order_id.ok_or(PaymentError::NullArgument("order_id"))?,
             price_id.ok_or(PaymentError::NullArgument("price_id"))?,
@@ -235,6 +237,7 @@ fn start_subscription_id(order_id: Option<i64>, price_id: Option<&str>) -> i64 {
 )]
 fn cancel_subscription_id(recurring_payment_id: Option<i64>, at_period_end: Option<bool>) -> i64 {
     let run = || {
+        require_current()?;
         cancel(
             recurring_payment_id.ok_or(PaymentError::NullArgument("recurring_payment_id"))?,
             at_period_end.unwrap_or(false),

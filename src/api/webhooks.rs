@@ -1,4 +1,5 @@
 use crate::error::OrRaise;
+use crate::store::schema_version::require_current;
 use crate::webhook;
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -7,12 +8,20 @@ use pgrx::JsonB;
 /// Returns `{"event_id", "type", "outcome", "error"?}`.
 #[pg_extern(schema = "payment", volatile, parallel_unsafe)]
 fn process_stripe_event(payload: Option<&str>, signature: Option<&str>) -> JsonB {
-    JsonB(webhook::process(payload, signature).or_raise())
+    let run = || {
+        require_current()?;
+        webhook::process(payload, signature)
+    };
+    JsonB(run().or_raise())
 }
 
 /// Apply the stored `failed` events again (at most 500 per call), after a fix.
 #[pg_extern(schema = "payment", volatile, parallel_unsafe)]
 fn retry_failed_events() -> SetOfIterator<'static, JsonB> {
-    let results = webhook::retry_failed().or_raise();
+    let run = || {
+        require_current()?;
+        webhook::retry_failed()
+    };
+    let results = run().or_raise();
     SetOfIterator::new(results.into_iter().map(JsonB))
 }

@@ -14,6 +14,7 @@ use std::panic::AssertUnwindSafe;
 pub mod cache;
 pub mod orders;
 pub mod refunds;
+pub mod schema_version;
 pub mod secrets;
 
 pub const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
