@@ -45,4 +45,54 @@ ensure_venv() {
 install_extension() {
     log "building and installing pg_payment into PostgreSQL 15"
     cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+    # The released install scripts too, so that tests can install an old version with
+    # today's library and update it (CREATE EXTENSION pg_payment VERSION '0.1.0').
+    install -m 644 sql/released/pg_payment--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
+}
+
+# Released versions, built once from their commit and kept outside the work tree, for the
+# upgrade test: `RELEASED_BUILDS` names "version commit" pairs. Prints nothing; sets
+# PG_PAYMENT_RELEASED_<version with underscores> to the build's folder (lib/, extension/).
+RELEASED_BUILDS=("0.1.0 777f1ca")
+RELEASED_CACHE=${PG_PAYMENT_CACHE:-$HOME/.cache/pg_payment}/released
+
+ensure_released_builds() {
+    local pair version commit dir work
+    for pair in "${RELEASED_BUILDS[@]}"; do
+        read -r version commit <<<"$pair"
+        dir=$RELEASED_CACHE/$version-$commit
+        if [ ! -f "$dir/lib/pg_payment.so" ]; then
+            if ! git cat-file -e "$commit^{commit}" 2>/dev/null; then
+                echo "release $version ($commit) is not in this clone's history: fetch it (git fetch --unshallow)" >&2
+                return 1
+            fi
+            log "building released pg_payment $version from $commit (once; cached in $dir)"
+            work=$(mktemp -d /tmp/pg_payment_release.XXXXXX)
+            git archive "$commit" | tar -x -C "$work"
+            # A debug build: what matters is the release's code and SQL, not its speed.
+            (cd "$work" && CARGO_TARGET_DIR="$RELEASED_CACHE/target" \
+                cargo pgrx package --debug --pg-config "$PG_CONFIG" --out-dir "$work/package" >/dev/null)
+            rm -rf "$dir.tmp" && mkdir -p "$dir.tmp/lib" "$dir.tmp/extension"
+            cp "$work/package$("$PG_CONFIG" --pkglibdir)/pg_payment.so" "$dir.tmp/lib/"
+            cp "$work/package$("$PG_CONFIG" --sharedir)/extension/pg_payment"* "$dir.tmp/extension/"
+            rm -rf "$dir" && mv "$dir.tmp" "$dir"
+            rm -rf "$work" "$RELEASED_CACHE/target"
+        fi
+        export "PG_PAYMENT_RELEASED_${version//./_}=$dir"
+    done
+}
+
+# Released scripts never change: each is checked against the checksum committed when it
+# was released (sql/released/SHA256SUMS, append-only) and against its first commit.
+check_released_scripts() {
+    log "released SQL scripts are unchanged"
+    (cd sql && sha256sum --quiet -c released/SHA256SUMS)
+    local file first
+    while read -r _ file; do
+        first=$(git log --diff-filter=A --format=%H -- "sql/$file" 2>/dev/null | tail -n 1)
+        if [ -n "$first" ] && ! git diff --quiet "$first" -- "sql/$file"; then
+            echo "sql/$file changed since it was released in $first; released scripts never change" >&2
+            return 1
+        fi
+    done < sql/released/SHA256SUMS
 }

@@ -23,7 +23,7 @@ import pytest
 from psycopg.rows import dict_row
 
 import stripe_events as ev
-from e2e_helpers import ADMIN, APP, LOGIN_ROLES, OWNER, WEBHOOK, require_extension
+from e2e_helpers import ADMIN, APP, LOGIN_ROLES, OWNER, RELEASED, WEBHOOK, require_extension
 
 PGBIN = Path(os.environ.get("PG_PAYMENT_PGBIN", "/usr/lib/postgresql/15/bin"))
 HOST = "127.0.0.1"
@@ -41,7 +41,8 @@ def _free_port():
 
 
 class Cluster:
-    def __init__(self):
+    def __init__(self, pgbin=PGBIN):
+        self.pgbin = Path(pgbin)
         self.base = Path(tempfile.mkdtemp(prefix="pg_payment_e2e_"))
         self.data = self.base / "data"
         self.log_path = self.base / "server.log"
@@ -61,7 +62,7 @@ class Cluster:
         return subprocess.run(self._cmd(*args), capture_output=True, text=True, timeout=timeout)
 
     def start(self):
-        r = self._run(PGBIN / "initdb", "-D", self.data, "-E", "UTF8", "--locale=C.UTF-8",
+        r = self._run(self.pgbin / "initdb", "-D", self.data, "-E", "UTF8", "--locale=C.UTF-8",
                       "-A", "trust", "-U", "postgres", "--no-sync", timeout=180)
         if r.returncode != 0:
             raise RuntimeError(f"initdb failed:\n{r.stdout}\n{r.stderr}")
@@ -71,7 +72,7 @@ class Cluster:
             opts = (f"-p {port} -k {self.base} -c listen_addresses={HOST} "
                     "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
                     "-c max_connections=60 -c lc_messages=C")
-            r = self._run(PGBIN / "pg_ctl", "-D", self.data, "-l", self.log_path, "-w",
+            r = self._run(self.pgbin / "pg_ctl", "-D", self.data, "-l", self.log_path, "-w",
                           "-t", "60", "-o", opts, "start", timeout=90)
             if r.returncode == 0:
                 self.port = port
@@ -93,7 +94,7 @@ class Cluster:
         stopped = False
         if self.data.exists():
             try:
-                r = self._run(PGBIN / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "30",
+                r = self._run(self.pgbin / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "30",
                               "stop", timeout=45)
                 stopped = r.returncode == 0
             except subprocess.TimeoutExpired:
@@ -136,11 +137,11 @@ class Cluster:
         return env
 
     def pg_dump(self, dbname, path):
-        return subprocess.run([str(PGBIN / "pg_dump"), "-f", str(path), dbname],
+        return subprocess.run([str(self.pgbin / "pg_dump"), "-f", str(path), dbname],
                               env=self.client_env(), capture_output=True, text=True, timeout=120)
 
     def psql_file(self, dbname, path):
-        return subprocess.run([str(PGBIN / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+        return subprocess.run([str(self.pgbin / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
                                "-d", dbname, "-f", str(path)],
                               env=self.client_env(), capture_output=True, text=True, timeout=120)
 
@@ -371,6 +372,22 @@ def _new_database(cluster, cls):
     return cls(cluster, name)
 
 
+@pytest.fixture
+def install_mode():
+    """How `db` and `shop` get the extension: "fresh" (CREATE EXTENSION) or "upgraded"
+    (0.1.0's released script, then ALTER EXTENSION UPDATE). A test module overrides
+    this fixture with both params to run its tests on both."""
+    return "fresh"
+
+
+def create_extension(conn, install_mode):
+    if install_mode == "upgraded":
+        conn.execute(f"CREATE EXTENSION pg_payment VERSION '{RELEASED[0]}'")
+        conn.execute("ALTER EXTENSION pg_payment UPDATE")
+    else:
+        conn.execute("CREATE EXTENSION pg_payment")
+
+
 def _drop_database(cluster, d):
     d.close()
     cluster.admin.execute(f'DROP DATABASE IF EXISTS "{d.name}" WITH (FORCE)')
@@ -394,11 +411,11 @@ def new_database(cluster):
 
 
 @pytest.fixture
-def db(cluster):
+def db(cluster, install_mode):
     """A fresh database with pg_payment created and the test roles granted."""
     d = _new_database(cluster, Database)
     try:
-        d.conn.execute("CREATE EXTENSION pg_payment")
+        create_extension(d.conn, install_mode)
         _grant_memberships(d.conn)
         yield d
     finally:
@@ -406,11 +423,11 @@ def db(cluster):
 
 
 @pytest.fixture
-def shop(cluster):
+def shop(cluster, install_mode):
     """A fresh database with pg_payment configured (test keys) and public.orders linked."""
     d = _new_database(cluster, Shop)
     try:
-        d.conn.execute("CREATE EXTENSION pg_payment")
+        create_extension(d.conn, install_mode)
         _grant_memberships(d.conn)
         d.configure()
         d.create_orders()

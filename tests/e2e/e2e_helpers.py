@@ -7,6 +7,9 @@ import pytest
 
 CONTROL = Path("/usr/share/postgresql/15/extension/pg_payment.control")
 
+# The released versions, oldest first; their install scripts are in sql/released/.
+RELEASED = ("0.1.0",)
+
 # Login roles the tests act as; cluster-wide, created once per cluster.
 OWNER = "e2e_owner"  # owns the app's handler functions; member of payment_admin
 ADMIN = "e2e_admin"  # member of payment_admin

@@ -14,6 +14,12 @@ ORDERS = """
 """
 
 
+@pytest.fixture(params=["fresh", "upgraded"])
+def install_mode(request):
+    """Every test here runs on a fresh install and on one updated from 0.1.0."""
+    return request.param
+
+
 def link(conn, table="public.orders", **kw):
     args = ", ".join(f"{k} => %({k})s" for k in kw)
     sql = f"SELECT payment.link_order_table(%(t)s::regclass{', ' + args if args else ''})"

@@ -31,6 +31,12 @@ DEFINER_ENTRY_POINTS = {
 DOCUMENTED_TABLES = ["payments", "refunds", "recurring_payments", "events", "api_requests", "callbacks"]
 
 
+@pytest.fixture(params=["fresh", "upgraded"])
+def install_mode(request):
+    """Every test here runs on a fresh install and on one updated from 0.1.0."""
+    return request.param
+
+
 def load_library(conn):
     """GUCs exist once the library is loaded; calling any function loads it."""
     conn.execute("SELECT payment.publishable_key()")
@@ -94,6 +100,86 @@ def test_nothing_in_the_schema_is_granted_to_public(db):
         WHERE c.relnamespace = 'payment'::regnamespace AND c.relkind IN ('r', 'v', 'S')
           AND EXISTS (SELECT 1 FROM aclexplode(c.relacl) a WHERE a.grantee = 0)""")
     assert public_tables == []
+
+
+# Every privilege on the extension's objects held by anyone but their owner: exactly
+# DESIGN.md's Roles section, nothing more (an upgrade must leave the same).
+ADMIN_ONLY_FUNCTIONS = [
+    "add_callback(text,regprocedure)", "add_webhook_secret(text)", "cancel_subscription(bigint,boolean)",
+    "configure(text,text,text)", "guard_order_rows()",
+    "link_order_table(regclass,name,name,name,name,name,text)", "refund_payment(bigint,bigint)",
+    "remove_callback(text,regprocedure)", "remove_webhook_secret(text)", "retry_failed_events()",
+]
+APP_FUNCTIONS = [
+    "create_payment(bigint,text,bigint)", "from_minor_units(bigint,text)", "publishable_key()",
+    "start_subscription(bigint,text)", "to_minor_units(numeric,text)",
+]
+READABLE_TABLES = ["api_requests", "callbacks", "events", "order_link", "payments", "recurring_payments", "refunds"]
+EXPECTED_GRANTS = sorted(
+    [("schema payment", role, "USAGE") for role in ("payment_admin", "payment_app", "payment_webhook")]
+    + [(f"table payment.{t}", role, "SELECT") for t in READABLE_TABLES for role in ("payment_admin", "payment_app")]
+    + [(f"function payment.{f}", "payment_admin", "EXECUTE") for f in ADMIN_ONLY_FUNCTIONS + APP_FUNCTIONS]
+    + [(f"function payment.{f}", "payment_app", "EXECUTE") for f in APP_FUNCTIONS]
+    + [("function payment.process_stripe_event(text,text)", "payment_webhook", "EXECUTE")]
+)
+
+GRANTS_ON_MEMBERS = """
+    WITH members AS (
+        SELECT classid, objid FROM pg_depend
+         WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
+           AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_payment')),
+    acls AS (
+        SELECT 'schema ' || n.nspname AS obj, n.nspacl AS acl, n.nspowner AS owner
+          FROM members m JOIN pg_namespace n ON m.classid = 'pg_namespace'::regclass AND n.oid = m.objid
+        UNION ALL
+        SELECT 'table ' || c.oid::regclass::text, c.relacl, c.relowner
+          FROM members m JOIN pg_class c ON m.classid = 'pg_class'::regclass AND c.oid = m.objid
+        UNION ALL
+        SELECT 'column ' || c.oid::regclass::text || '.' || a.attname, a.attacl, c.relowner
+          FROM members m JOIN pg_class c ON m.classid = 'pg_class'::regclass AND c.oid = m.objid
+          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attacl IS NOT NULL
+        UNION ALL
+        SELECT 'function ' || replace(p.oid::regprocedure::text, ' ', ''),
+               coalesce(p.proacl, acldefault('f', p.proowner)), p.proowner
+          FROM members m JOIN pg_proc p ON m.classid = 'pg_proc'::regclass AND p.oid = m.objid
+        UNION ALL
+        SELECT 'type ' || t.oid::regtype::text, coalesce(t.typacl, acldefault('T', t.typowner)), t.typowner
+          FROM members m JOIN pg_type t ON m.classid = 'pg_type'::regclass AND t.oid = m.objid)
+    SELECT obj, CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE x.grantee::regrole::text END, x.privilege_type
+      FROM acls, aclexplode(acls.acl) x
+     WHERE x.grantee <> acls.owner
+     ORDER BY 1, 2, 3"""
+
+
+def test_grants_on_the_extensions_objects_are_exactly_the_documented_ones(db):
+    assert [tuple(r.values()) for r in db.rows(GRANTS_ON_MEMBERS)] == EXPECTED_GRANTS
+
+
+def test_default_privileges_of_the_installing_role_give_nobody_anything(new_database, install_mode):
+    """ALTER DEFAULT PRIVILEGES of the role that runs CREATE EXTENSION would hand every new
+    table, function and the schema to another role; the install revokes it all."""
+    from conftest import create_extension
+    d = new_database()
+    for kind, priv in (("TABLES", "SELECT, INSERT"), ("FUNCTIONS", "EXECUTE"), ("SCHEMAS", "USAGE, CREATE"),
+                       ("SEQUENCES", "USAGE"), ("TYPES", "USAGE")):
+        d.conn.execute(f"ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT {priv} ON {kind} TO {OUTSIDER}")
+    create_extension(d.conn, install_mode)
+    d.conn.execute("SELECT payment.configure(%s::text, %s::text, %s::text)",
+                   (ev.SECRET_KEY, ev.PUBLISHABLE_KEY, ev.WEBHOOK_SECRET))
+    analyst = d.connect(OUTSIDER)
+    denied(analyst, "SELECT value FROM payment.secrets")
+    denied(analyst, "SELECT payment.configure('sk_test_attackersOwnAccount00', NULL, NULL)")
+    assert [r for r in d.rows(GRANTS_ON_MEMBERS) if OUTSIDER in r.values()] == []
+
+
+def test_nobody_may_run_the_hardening_but_the_extensions_owner(db):
+    r = db.row("SELECT proowner::regrole::text AS owner, prosecdef, proacl::text[] AS acl FROM pg_proc"
+               " WHERE oid = 'payment.harden()'::regprocedure")
+    assert r["owner"] == db.value("SELECT extowner::regrole::text FROM pg_extension WHERE extname = 'pg_payment'")
+    assert not r["prosecdef"]
+    assert [a for a in r["acl"] if not a.startswith(r["owner"] + "=")] == []
+    for role in (ADMIN, APP, WEBHOOK):
+        denied(db.connect(role), "SELECT payment.harden()")
 
 
 # --------------------------------------------------------------------------
