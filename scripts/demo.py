@@ -222,7 +222,13 @@ def run(workdir):
                         WHEN 'partially_refunded' THEN 'partially_refunded' ELSE status END
                  WHERE id = (callback->>'order_id')::bigint;
             END $$""")
+        # Handlers run as their owner and never as a superuser: an ordinary role owns it.
+        db.execute("DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'demo_shop') "
+                   "THEN CREATE ROLE demo_shop NOLOGIN; END IF; END$$")
+        db.execute("ALTER FUNCTION mark_order_paid(jsonb) OWNER TO demo_shop")
+        db.execute("GRANT SELECT, UPDATE ON orders TO demo_shop")
         db.execute("SELECT payment.add_callback('payment', 'mark_order_paid(jsonb)')")
+        note("ALTER FUNCTION mark_order_paid(jsonb) OWNER TO demo_shop;  -- an ordinary role")
         note("SELECT payment.add_callback('payment', 'mark_order_paid(jsonb)');")
 
         say("Start the webhook relay (a login role with only payment_webhook)")

@@ -99,81 +99,21 @@ CREATE TRIGGER status_inserted AFTER INSERT ON payment.recurring_payments
 CREATE TRIGGER status_changed AFTER UPDATE OF status ON payment.recurring_payments
     FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION payment.on_status_change();
 
--- On the linked order table (created by link_order_table, kept by pg_dump with the table):
--- an order that has payments cannot be deleted, re-keyed or truncated away.
-CREATE FUNCTION payment.guard_order_rows() RETURNS trigger LANGUAGE plpgsql AS $guard$
-DECLARE
-    linked_id bigint;
-BEGIN
-    IF TG_OP = 'TRUNCATE' THEN
-        IF EXISTS (SELECT 1 FROM payment.payments) OR EXISTS (SELECT 1 FROM payment.recurring_payments) THEN
-            RAISE EXCEPTION 'pg_payment: % is linked to payments and cannot be truncated', TG_TABLE_NAME
-                USING ERRCODE = 'dependent_objects_still_exist',
-                      HINT = 'Payments refer to its orders; delete only orders that have none.';
-        END IF;
-        RETURN NULL;
-    END IF;
-    linked_id := (pg_catalog.to_jsonb(OLD) ->> TG_ARGV[0])::bigint;
-    IF TG_OP = 'UPDATE' AND (pg_catalog.to_jsonb(NEW) ->> TG_ARGV[0])::bigint IS NOT DISTINCT FROM linked_id THEN
-        RETURN NEW;
-    END IF;
-    IF EXISTS (SELECT 1 FROM payment.payments p WHERE p.order_id = linked_id)
-       OR EXISTS (SELECT 1 FROM payment.recurring_payments r WHERE r.order_id = linked_id) THEN
-        RAISE EXCEPTION 'pg_payment: order % has payments and cannot be %', linked_id,
-                        CASE TG_OP WHEN 'DELETE' THEN 'deleted' ELSE 'given another id' END
-            USING ERRCODE = 'foreign_key_violation',
-                  HINT = 'Keep orders that have payments; mark them with a status instead.';
-    END IF;
-    IF TG_OP = 'DELETE' THEN
-        RETURN OLD;
-    END IF;
-    RETURN NEW;
-END
-$guard$;
+-- The guards of the order link (src/api/link_guards.rs). The row guard is created on the
+-- linked table by link_order_table (and kept by pg_dump with the table): an order that has
+-- payments cannot be deleted, re-keyed or truncated away.
+CREATE FUNCTION payment.guard_order_rows() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'guard_order_rows_wrapper';
 
--- DDL that would break the link (drop or rename the table, drop, rename or retype a
--- linked column) is refused: it is checked after every DDL command, cheaply, and the
--- whole command rolls back.
-CREATE FUNCTION payment.guard_order_link() RETURNS event_trigger LANGUAGE plpgsql AS $guard$
-DECLARE
-    link record;
-    current_name text;
-    current_signature text;
-BEGIN
-    SELECT * INTO link FROM payment.order_link;
-    IF NOT FOUND THEN
-        RETURN;
-    END IF;
-    SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) INTO current_name
-      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.oid = link.order_table;
-    IF current_name IS NULL THEN
-        RAISE EXCEPTION 'pg_payment: % is the linked order table and cannot be dropped', link.table_name
-            USING ERRCODE = 'dependent_objects_still_exist',
-                  HINT = 'Payments refer to its orders; the link is permanent.';
-    END IF;
-    IF current_name <> link.table_name THEN
-        RAISE EXCEPTION 'pg_payment: % is the linked order table and cannot be renamed or moved', link.table_name
-            USING ERRCODE = 'dependent_objects_still_exist',
-                  HINT = 'Payments refer to it by name after a dump and restore; the link is permanent.';
-    END IF;
-    SELECT pg_catalog.string_agg(a.attname || ' ' || pg_catalog.format_type(a.atttypid, a.atttypmod), ', '
-                                 ORDER BY pg_catalog.array_position(cols, a.attname::text))
-      INTO current_signature
-      FROM (SELECT ARRAY[link.id_column::text, link.amount_column::text, link.user_column::text,
-                         link.status_column::text, link.currency_column::text] AS cols) k
-      JOIN pg_catalog.pg_attribute a
-        ON a.attrelid = link.order_table AND a.attnum > 0 AND NOT a.attisdropped
-       AND a.attname::text = ANY (k.cols);
-    IF current_signature IS DISTINCT FROM link.column_signature THEN
-        RAISE EXCEPTION 'pg_payment: the linked columns of % cannot be dropped, renamed or retyped', link.table_name
-            USING ERRCODE = 'dependent_objects_still_exist',
-                  DETAIL = pg_catalog.format('Linked: %s. Now: %s.', link.column_signature,
-                                             COALESCE(current_signature, 'none')),
-                  HINT = 'The link is permanent; add new columns instead of changing these.';
-    END IF;
-END
-$guard$;
+-- DDL that would break the link (drop, rename or move the table, drop, rename or retype a
+-- linked column, drop or disable a guard trigger) is refused and the whole command rolls
+-- back; every other command goes through.
+CREATE FUNCTION payment.guard_order_link() RETURNS event_trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'guard_order_link_ddl_wrapper';
+CREATE FUNCTION payment.guard_order_link_drop() RETURNS event_trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'guard_order_link_drop_wrapper';
 
 CREATE EVENT TRIGGER pg_payment_guard_order_link ON ddl_command_end
     EXECUTE FUNCTION payment.guard_order_link();
+CREATE EVENT TRIGGER pg_payment_guard_order_link_drop ON sql_drop
+    EXECUTE FUNCTION payment.guard_order_link_drop();

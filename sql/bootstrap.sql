@@ -24,6 +24,15 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'ALTER ROLE payment_owner NOLOGIN NOSUPERUSER NOCREATEROLE NOBYPASSRLS; it owns the payment tables and must stay powerless.';
     END IF;
+    -- Its members would hold every right of the extension's code, the keys included.
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles o ON o.oid = m.roleid
+                WHERE o.rolname = 'payment_owner')
+       OR EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles o ON o.oid = m.member
+                   WHERE o.rolname = 'payment_owner') THEN
+        RAISE EXCEPTION 'role payment_owner has members or is a member of another role'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'REVOKE payment_owner FROM every role (and every role FROM payment_owner); the extension''s code runs with its rights.';
+    END IF;
     FOREACH r IN ARRAY ARRAY['payment_owner', 'payment_admin', 'payment_app', 'payment_webhook'] LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
             EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);

@@ -5,49 +5,52 @@
 -- carries its new body with CREATE OR REPLACE before calling it; the upgrade test checks
 -- that the result is the catalog of a fresh install.
 --
--- It runs as the role that runs CREATE EXTENSION or ALTER EXTENSION (a superuser): it is
--- owned by the extension's owner, not by payment_owner (which could otherwise rewrite the
--- code the next upgrade runs), and nobody else may execute it.
+-- It runs as the role that runs CREATE EXTENSION or ALTER EXTENSION (a superuser), is
+-- owned by the extension's owner like everything else, and nobody else may execute it.
 CREATE FUNCTION payment.harden() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $harden$
 DECLARE
     ext oid := (SELECT oid FROM pg_catalog.pg_extension WHERE extname = 'pg_payment');
+    ext_owner text := (SELECT pg_catalog.quote_ident(extowner::regrole::text)
+                         FROM pg_catalog.pg_extension WHERE extname = 'pg_payment');
     obj record;
 BEGIN
-    -- 1. Owners and security settings: payment_owner owns the schema, the tables (their
-    --    sequences, indexes and row types follow) and the functions, which run as it.
-    ALTER SCHEMA payment OWNER TO payment_owner;
+    -- 1. Owners and security settings. Every object belongs to the extension's owner, and
+    --    payment_owner owns nothing: as the owner of the schema, a table or a function it
+    --    could add an overload, a trigger or a policy, or rewrite a function, that another
+    --    role (a superuser's DDL, an upgrade script) would then run. Functions are SECURITY
+    --    INVOKER with a pinned search_path; their code switches to payment_owner for its
+    --    work (src/store/identity.rs), and sets log_min_error_statement itself where a key
+    --    is passed (a SET clause of an invoker function would need the caller to hold SET
+    --    on that superuser setting).
+    EXECUTE pg_catalog.format('ALTER SCHEMA payment OWNER TO %s', ext_owner);
     FOR obj IN
         SELECT c.oid::regclass AS rel
           FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class c ON c.oid = d.objid
          WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_extension'::regclass
            AND d.refobjid = ext AND d.deptype = 'e' AND c.relkind IN ('r', 'p')
     LOOP
-        EXECUTE pg_catalog.format('ALTER TABLE %s OWNER TO payment_owner', obj.rel);
+        -- Their sequences, indexes and row types follow.
+        EXECUTE pg_catalog.format('ALTER TABLE %s OWNER TO %s', obj.rel, ext_owner);
     END LOOP;
     FOR obj IN
-        SELECT p.oid::regprocedure AS fn, p.proname
+        SELECT t.oid::regtype AS typ
+          FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_type t ON t.oid = d.objid
+         WHERE d.classid = 'pg_catalog.pg_type'::regclass AND d.refclassid = 'pg_catalog.pg_extension'::regclass
+           AND d.refobjid = ext AND d.deptype = 'e'
+    LOOP
+        EXECUTE pg_catalog.format('ALTER TYPE %s OWNER TO %s', obj.typ, ext_owner);
+    END LOOP;
+    FOR obj IN
+        SELECT p.oid::regprocedure AS fn
           FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc p ON p.oid = d.objid
          WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.refclassid = 'pg_catalog.pg_extension'::regclass
-           AND d.refobjid = ext AND d.deptype = 'e' AND p.pronamespace = 'payment'::regnamespace
-           AND p.proname <> 'harden'
+           AND d.refobjid = ext AND d.deptype = 'e'
     LOOP
-        EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO payment_owner', obj.fn);
-        -- These run with the caller's rights on purpose (see their source); all others
-        -- run as payment_owner.
-        IF obj.proname IN ('link_order_table', 'add_callback', 'remove_callback') THEN
-            EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY INVOKER SET search_path = pg_catalog, pg_temp', obj.fn);
-        ELSE
-            EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', obj.fn);
-        END IF;
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO %s', obj.fn, ext_owner);
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY INVOKER RESET ALL', obj.fn);
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', obj.fn);
     END LOOP;
-
-    -- A failing call to a function that takes a secret must not log its statement (and so
-    -- the key) to the server log. payment_owner may set just this one superuser setting.
-    GRANT SET ON PARAMETER log_min_error_statement TO payment_owner;
-    ALTER FUNCTION payment.configure(text, text, text) SET log_min_error_statement = panic;
-    ALTER FUNCTION payment.add_webhook_secret(text) SET log_min_error_statement = panic;
-    ALTER FUNCTION payment.remove_webhook_secret(text) SET log_min_error_statement = panic;
 
     -- 2. Revoke every privilege held by anyone but the owner, PUBLIC included: privileges
     --    the installing role had by default (ALTER DEFAULT PRIVILEGES) must not survive, nor
@@ -93,7 +96,24 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM %s CASCADE', obj.target, obj.grantee);
     END LOOP;
 
-    -- 3. Exactly the grants of DESIGN.md's Roles section.
+    -- 3. payment_owner: exactly what the extension's own statements need.
+    GRANT USAGE ON SCHEMA payment TO payment_owner;
+    FOR obj IN
+        SELECT c.oid::regclass AS rel, c.relkind
+          FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class c ON c.oid = d.objid
+         WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_extension'::regclass
+           AND d.refobjid = ext AND d.deptype = 'e' AND c.relkind IN ('r', 'p', 'S')
+    LOOP
+        IF obj.relkind = 'S' THEN
+            EXECUTE pg_catalog.format('GRANT USAGE ON SEQUENCE %s TO payment_owner', obj.rel);
+        ELSE
+            EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE %s TO payment_owner', obj.rel);
+        END IF;
+    END LOOP;
+    -- Set by the functions that take a key, after switching (see above).
+    GRANT SET ON PARAMETER log_min_error_statement TO payment_owner;
+
+    -- 4. Exactly the grants of DESIGN.md's Roles section.
     GRANT USAGE ON SCHEMA payment TO payment_admin, payment_app, payment_webhook;
 
     GRANT SELECT ON payment.payments, payment.refunds, payment.recurring_payments, payment.events,
@@ -109,14 +129,19 @@ BEGIN
         payment.retry_failed_events(),
         payment.link_order_table(regclass, name, name, name, name, name, text),
         payment.refund_payment(bigint, bigint),
+        payment.refund_payment_id(bigint, bigint),
         payment.cancel_subscription(bigint, boolean),
+        payment.cancel_subscription_id(bigint, boolean),
         -- link_order_table creates the row guard on the caller's table, which needs EXECUTE.
         payment.guard_order_rows()
        TO payment_admin;
+    -- The SQL wrappers that return rows call their Rust *_id function as the caller.
     GRANT EXECUTE ON FUNCTION
         payment.publishable_key(),
         payment.create_payment(bigint, text, bigint),
+        payment.create_payment_id(bigint, text, bigint),
         payment.start_subscription(bigint, text),
+        payment.start_subscription_id(bigint, text),
         payment.to_minor_units(numeric, text),
         payment.from_minor_units(bigint, text)
        TO payment_admin, payment_app;

@@ -138,6 +138,13 @@ CREATE TABLE payment.refunds (
 ALTER SEQUENCE payment.refunds_id_seq OWNED BY payment.refunds.id;
 CREATE INDEX refunds_payment_id_idx ON payment.refunds (payment_id);
 
+-- One row per order that a payment action has touched, locked FOR UPDATE by every action on
+-- that order (src/store/orders.rs, take_order_lock): a lock no role but payment_owner can
+-- take, unlike an advisory lock. Not dumped: a lock needs no history.
+CREATE TABLE payment.order_locks (
+    order_id bigint PRIMARY KEY
+);
+
 -- An enum, not a CHECK: every event inserts a row here, and Postgres re-reads a table's
 -- CHECK expressions for each statement that writes it.
 CREATE TYPE payment.event_outcome AS ENUM ('applied', 'ignored', 'failed');

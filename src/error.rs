@@ -19,6 +19,8 @@ pub enum PaymentError {
     InvalidPayload(String),
     /// The Stripe-Signature header is missing parts, wrong, or too old.
     SignatureRejected(String),
+    /// An event of the other mode (live or test) than the configured secret key.
+    ModeMismatch(String),
     /// Something must be set up first (configure, link_order_table...).
     NotConfigured { message: String, hint: String },
     /// The caller may not do this.
@@ -30,6 +32,8 @@ pub enum PaymentError {
     WrongIsolation(String),
     /// A change that would break the order link or lose payment history.
     LinkViolation { message: String, hint: String },
+    /// Deleting or re-keying an order that has payments.
+    OrderHasPayments(String),
     /// An object that does not exist (payment id, handler...).
     NotFound(String),
     /// A fault of the extension or the server, not of the input (a relay answers 500).
@@ -66,11 +70,14 @@ impl PaymentError {
             PaymentError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
             PaymentError::InvalidParameter { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
             PaymentError::InvalidPayload(_) => ERRCODE_INVALID_TEXT_REPRESENTATION,
-            PaymentError::SignatureRejected(_) => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            PaymentError::SignatureRejected(_) | PaymentError::ModeMismatch(_) => {
+                ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION
+            }
             PaymentError::NotConfigured { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             PaymentError::PermissionDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             PaymentError::WrongIsolation(_) => ERRCODE_ACTIVE_SQL_TRANSACTION,
             PaymentError::LinkViolation { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            PaymentError::OrderHasPayments(_) => ERRCODE_FOREIGN_KEY_VIOLATION,
             PaymentError::NotFound(_) => ERRCODE_NO_DATA_FOUND,
             PaymentError::Internal(_) => ERRCODE_INTERNAL_ERROR,
             PaymentError::Stripe { sqlstate, .. } => PgSqlErrorCode::from(make_sqlstate(sqlstate)),
@@ -83,10 +90,12 @@ impl PaymentError {
             PaymentError::InvalidParameter { message, .. }
             | PaymentError::InvalidPayload(message)
             | PaymentError::SignatureRejected(message)
+            | PaymentError::ModeMismatch(message)
             | PaymentError::NotConfigured { message, .. }
             | PaymentError::PermissionDenied { message, .. }
             | PaymentError::WrongIsolation(message)
             | PaymentError::LinkViolation { message, .. }
+            | PaymentError::OrderHasPayments(message)
             | PaymentError::NotFound(message)
             | PaymentError::Internal(message) => format!("pg_payment: {message}"),
             PaymentError::Stripe { message, .. } => format!("pg_payment: Stripe: {message}"),
@@ -103,6 +112,14 @@ impl PaymentError {
             PaymentError::SignatureRejected(_) => Some(
                 "Pass the raw request body and the Stripe-Signature header unchanged, and check \
                  that the endpoint's signing secret was added with payment.add_webhook_secret()."
+                    .into(),
+            ),
+            PaymentError::OrderHasPayments(_) => {
+                Some("Keep orders that have payments; mark them with a status instead.".into())
+            }
+            PaymentError::ModeMismatch(_) => Some(
+                "Each Stripe mode has its own endpoint and signing secret: send live-mode events to \
+                 a database configured with live keys, test-mode events to one with test keys."
                     .into(),
             ),
             PaymentError::InvalidPayload(_) => {

@@ -81,6 +81,8 @@ fn a_failing_handler_keeps_the_event_as_failed_and_rolls_back_its_changes() {
     Spi::run(
         "CREATE FUNCTION public.broken(c jsonb) RETURNS void LANGUAGE plpgsql AS \
          $$ BEGIN RAISE EXCEPTION 'handler says no'; END $$; \
+         CREATE ROLE unit_shop_broken NOLOGIN; \
+         ALTER FUNCTION public.broken(jsonb) OWNER TO unit_shop_broken; \
          SELECT payment.add_callback('payment', 'public.broken(jsonb)');",
     )
     .unwrap();
@@ -106,6 +108,8 @@ fn retry_failed_events_applies_them_after_a_fix() {
         "CREATE TABLE public.gate (open boolean); INSERT INTO public.gate VALUES (false); \
          CREATE FUNCTION public.gated(c jsonb) RETURNS void LANGUAGE plpgsql AS \
          $$ BEGIN IF NOT (SELECT open FROM public.gate) THEN RAISE EXCEPTION 'closed'; END IF; END $$; \
+         CREATE ROLE unit_shop_gated NOLOGIN; GRANT SELECT ON public.gate TO unit_shop_gated; \
+         ALTER FUNCTION public.gated(jsonb) OWNER TO unit_shop_gated; \
          SELECT payment.add_callback('payment', 'public.gated(jsonb)');",
     )
     .unwrap();

@@ -1,7 +1,7 @@
 //! Keys and webhook secrets. Nothing here ever puts a key's text into a message.
 
-use crate::error::{OrRaise, PaymentError, Result};
-use crate::store::schema_version::require_current;
+use super::{entry, entry_with_key};
+use crate::error::{PaymentError, Result};
 use crate::store::secrets;
 use pgrx::prelude::*;
 
@@ -75,6 +75,8 @@ fn configure_keys(
         check_webhook_secret(webhook_secret)?;
     }
     let live = mode == Mode::Live;
+    // The old mode's endpoint secrets cannot verify the new mode's events.
+    secrets::drop_webhook_secrets_not_of(live)?;
     secrets::replace("secret_key", secret_key, live)?;
     match publishable_key {
         Some(publishable) => secrets::replace("publishable_key", publishable, live)?,
@@ -94,29 +96,28 @@ fn configure(
     publishable_key: default!(Option<&str>, "NULL"),
     webhook_secret: default!(Option<&str>, "NULL"),
 ) {
-    let run = || {
-        require_current()?;
-        configure_keys(secret_key, publishable_key, webhook_secret)
-    };
-    run().or_raise()
+    entry_with_key(|| configure_keys(secret_key, publishable_key, webhook_secret))
 }
 
 /// Add a webhook signing secret; every configured secret is accepted while one is rolled.
 #[pg_extern(schema = "payment", volatile)]
 fn add_webhook_secret(secret: Option<&str>) {
-    let run = || -> Result<()> {
-        require_current()?;
+    entry_with_key(|| {
         let secret = secret.ok_or(PaymentError::NullArgument("secret"))?;
         check_webhook_secret(secret)?;
-        secrets::add("webhook_secret", secret, false)
-    };
-    run().or_raise()
+        // A webhook secret belongs to the mode of the configured secret key.
+        let live = secrets::secret_key_mode()?.ok_or_else(|| PaymentError::NotConfigured {
+            message: "no Stripe secret key is configured, so the webhook secret has no mode".into(),
+            hint: "Run payment.configure(secret_key, publishable_key, webhook_secret) first."
+                .into(),
+        })?;
+        secrets::add("webhook_secret", secret, live)
+    })
 }
 
 #[pg_extern(schema = "payment", volatile)]
 fn remove_webhook_secret(secret: Option<&str>) {
-    let run = || -> Result<()> {
-        require_current()?;
+    entry_with_key(|| {
         let secret = secret.ok_or(PaymentError::NullArgument("secret"))?;
         if secrets::remove("webhook_secret", secret)? {
             Ok(())
@@ -125,18 +126,13 @@ fn remove_webhook_secret(secret: Option<&str>) {
                 "that webhook secret is not configured".into(),
             ))
         }
-    };
-    run().or_raise()
+    })
 }
 
 /// The publishable key, for Stripe.js in a frontend. NULL until configured.
 #[pg_extern(schema = "payment", stable)]
 fn publishable_key() -> Option<String> {
-    let run = || {
-        require_current()?;
-        secrets::get("publishable_key")
-    };
-    run().or_raise()
+    entry(|| secrets::get("publishable_key"))
 }
 
 #[cfg(test)]

@@ -1,12 +1,12 @@
 //! `link_order_table`: the one-time link between the app's order table and the payments.
 //!
-//! It runs with the caller's rights (not SECURITY DEFINER): only the table's owner can grant
-//! `payment_owner` what it needs on the table, and `payment_owner` cannot grant it itself.
-//! The link row is then written as `payment_owner`.
+//! It runs with the caller's rights: the table's owner (a member of `payment_admin`) is
+//! checked and creates the row guards on its table; the link row is written as
+//! `payment_owner`, which is granted nothing on the table.
 
 use crate::error::{OrRaise, PaymentError, Result};
 use crate::store::schema_version::require_current;
-use crate::store::{self, orders};
+use crate::store::{self, identity, orders};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::CStr;
@@ -112,12 +112,11 @@ fn link(
     currency_column: Option<&str>,
     paid_status: &str,
 ) -> Result<()> {
-    let (table_name, relkind, is_owner, schema_usage) = Spi::connect(|client| -> Result<_> {
+    let (table_name, relkind, persistence, is_owner) = Spi::connect(|client| -> Result<_> {
         let row = client
             .select(
                 "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), c.relkind::text, \
-                        pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE'), \
-                        pg_catalog.has_schema_privilege('payment_owner', n.oid, 'USAGE') \
+                        c.relpersistence::text, pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE') \
                    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                   WHERE c.oid = $1",
                 Some(1),
@@ -127,27 +126,31 @@ fn link(
         Ok((
             row.get::<String>(1)?.unwrap_or_default(),
             row.get::<String>(2)?.unwrap_or_default(),
-            row.get::<bool>(3)?.unwrap_or(false),
+            row.get::<String>(3)?.unwrap_or_default(),
             row.get::<bool>(4)?.unwrap_or(false),
         ))
     })?;
-    if !matches!(relkind.as_str(), "r" | "p") {
-        return Err(PaymentError::invalid(format!(
-            "{table_name} is not a table"
-        )));
+    match relkind.as_str() {
+        "r" => {}
+        "p" => {
+            return Err(PaymentError::invalid_with_hint(
+                format!("{table_name} is a partitioned table, which pg_payment cannot link"),
+                "Link a plain table: renewal orders are inserted into it and its rows are guarded by row triggers.",
+            ))
+        }
+        _ => return Err(PaymentError::invalid(format!("{table_name} is not a table"))),
+    }
+    // A temporary table vanishes with its session, and the link is permanent.
+    if persistence == "t" {
+        return Err(PaymentError::invalid_with_hint(
+            format!("{table_name} is a temporary table, which cannot be linked"),
+            "Link the permanent table that holds the orders.",
+        ));
     }
     if !is_owner {
         return Err(PaymentError::PermissionDenied {
             message: format!("only the owner of {table_name} can link it"),
             hint: Some("Call link_order_table as the role that owns the table.".into()),
-        });
-    }
-    if !schema_usage {
-        return Err(PaymentError::PermissionDenied {
-            message: format!("payment_owner cannot use the schema of {table_name}"),
-            hint: Some(
-                "GRANT USAGE ON SCHEMA <its schema> TO payment_owner, then link again.".into(),
-            ),
         });
     }
     if paid_status.is_empty() {
@@ -175,47 +178,24 @@ fn link(
         currency_column: currency_column.map(Into::into),
         paid_status: paid_status.into(),
     };
-    let owner = store::payment_owner()?;
-    let existing = store::as_role(owner, || Spi::connect(orders::link))?;
-    if let Some(existing) = existing {
-        let same = orders::OrderLink {
-            table_sql: String::new(),
-            ..existing.clone()
-        } == wanted;
-        if same {
-            return Ok(());
+    let linked = identity::as_payment_owner(|| -> Result<bool> {
+        if let Some(existing) = Spi::connect(orders::link)? {
+            let same = orders::OrderLink {
+                table_sql: String::new(),
+                ..existing.clone()
+            } == wanted;
+            if same {
+                return Ok(true);
+            }
+            return Err(PaymentError::LinkViolation {
+                message: format!(
+                    "the order table is already linked ({}), and a link is permanent",
+                    existing.table_sql
+                ),
+                hint: "Payments refer to those orders; call link_order_table again only with the same arguments."
+                    .into(),
+            });
         }
-        return Err(PaymentError::LinkViolation {
-            message: format!("the order table is already linked ({}), and a link is permanent", existing.table_sql),
-            hint: "Payments refer to those orders; call link_order_table again only with the same arguments."
-                .into(),
-        });
-    }
-
-    // Grants with the caller's rights: payment_owner reads orders, inserts renewal orders,
-    // and may set their status.
-    let quoted = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    let mut ddl = vec![
-        format!("GRANT SELECT, INSERT, REFERENCES ON {table_name} TO payment_owner"),
-        format!(
-            "GRANT UPDATE ({}) ON {table_name} TO payment_owner",
-            quoted(status_column)
-        ),
-    ];
-    let sequence = store::query_value::<String>(
-        "SELECT pg_catalog.pg_get_serial_sequence($1, $2)",
-        &[table_name.as_str().into(), id_column.into()],
-    )?;
-    if let Some(sequence) = sequence {
-        ddl.push(format!(
-            "GRANT USAGE ON SEQUENCE {sequence} TO payment_owner"
-        ));
-    }
-    for stmt in &ddl {
-        Spi::run(stmt)?;
-    }
-
-    store::as_role(owner, || -> Result<()> {
         Spi::run_with_args(
             "INSERT INTO payment.order_link (order_table, table_name, id_column, amount_column, user_column, \
                                              status_column, currency_column, paid_status, column_signature) \
@@ -232,33 +212,38 @@ fn link(
                 signature.as_str().into(),
             ],
         )?;
-        Ok(())
+        Ok(false)
     })?;
-    // The row guard's function is executable by payment_admin, whose member the caller is
-    // (or a superuser): the trigger is created with the caller's rights.
-    let id = quoted(id_column);
-    Spi::run(&format!(
-        "CREATE TRIGGER pg_payment_guard_rows BEFORE DELETE OR UPDATE OF {id} ON {table_name} \
-         FOR EACH ROW EXECUTE FUNCTION payment.guard_order_rows({lit})",
-        lit = quote_literal(id_column)
-    ))?;
-    Spi::run(&format!(
-        "CREATE TRIGGER pg_payment_guard_truncate BEFORE TRUNCATE ON {table_name} \
-         FOR EACH STATEMENT EXECUTE FUNCTION payment.guard_order_rows({lit})",
-        lit = quote_literal(id_column)
-    ))?;
+    if linked {
+        return Ok(());
+    }
+    // The row guards, created with the caller's rights (the table's owner, a member of
+    // payment_admin, which may execute the guard function). payment_owner is granted
+    // nothing on the table: the extension reads and writes it as its owner.
+    for statement in GUARD_TRIGGERS {
+        let ddl = store::query_value::<String>(statement, &[order_table.into(), id_column.into()])?
+            .ok_or_else(|| {
+                PaymentError::Internal("the guard trigger's DDL came out NULL".into())
+            })?;
+        Spi::run(&ddl)?;
+    }
     Ok(())
 }
+
+/// The DDL of the two row guards on the linked table (`$1` the table, `$2` the id column),
+/// quoted by Postgres itself.
+const GUARD_TRIGGERS: [&str; 2] = [
+    "SELECT pg_catalog.format('CREATE TRIGGER pg_payment_guard_rows BEFORE DELETE OR UPDATE OF %I ON %s \
+                               FOR EACH ROW EXECUTE FUNCTION payment.guard_order_rows(%L)', $2, $1::regclass, $2)",
+    "SELECT pg_catalog.format('CREATE TRIGGER pg_payment_guard_truncate BEFORE TRUNCATE ON %s \
+                               FOR EACH STATEMENT EXECUTE FUNCTION payment.guard_order_rows(%L)', $1::regclass, $2)",
+];
 
 fn name<'a>(value: Option<&'a CStr>, what: &'static str) -> Result<&'a str> {
     value
         .ok_or(PaymentError::NullArgument(what))?
         .to_str()
         .map_err(|_| PaymentError::invalid(format!("{what} is not valid UTF-8")))
-}
-
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Link the application's order table, once. See DESIGN.md for what is validated.

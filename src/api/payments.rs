@@ -1,10 +1,10 @@
 //! `create_payment` and the currency helpers.
 
+use super::entry;
 use super::stripe_call::{self, idempotency_key, metadata};
 use crate::callbacks::{while_writing, Writer};
 use crate::error::{OrRaise, PaymentError, Result};
 use crate::money;
-use crate::store::schema_version::require_current;
 use crate::store::{self, first_value, orders, BOOL, INT8, TEXT};
 use pgrx::prelude::*;
 use pgrx::AnyNumeric;
@@ -110,15 +110,13 @@ fn create(order_id: i64, currency: &str, amount: i64) -> Result<i64> {
     parallel_unsafe
 )]
 fn create_payment_id(order_id: Option<i64>, currency: Option<&str>, amount: Option<i64>) -> i64 {
-    let run = || -> Result<i64> {
-        require_current()?;
+    entry(|| {
         create(
             order_id.ok_or(PaymentError::NullArgument("order_id"))?,
             currency.ok_or(PaymentError::NullArgument("currency"))?,
             amount.ok_or(PaymentError::NullArgument("amount"))?,
         )
-    };
-    run().or_raise()
+    })
 }
 
 fn decimal(value: &AnyNumeric) -> Result<Decimal> {

@@ -1,10 +1,10 @@
 //! `refund_payment`: refund what remains of a payment, or part of it.
 
+use super::entry;
 use super::stripe_call::{self, idempotency_key, metadata};
 use crate::callbacks::{while_writing, Writer};
-use crate::error::{OrRaise, PaymentError, Result};
+use crate::error::{PaymentError, Result};
 use crate::store::refunds::{self, RefundFacts};
-use crate::store::schema_version::require_current;
 use crate::store::{self, first_value, INT8, TEXT};
 use crate::webhook::transitions::PaymentStatus;
 use pgrx::prelude::*;
@@ -154,12 +154,10 @@ fn refund(payment_id: i64, requested: Option<i64>) -> Result<i64> {
     parallel_unsafe
 )]
 fn refund_payment_id(payment_id: Option<i64>, refund_amount: Option<i64>) -> i64 {
-    let run = || {
-        require_current()?;
+    entry(|| {
         refund(
             payment_id.ok_or(PaymentError::NullArgument("payment_id"))?,
             refund_amount,
         )
-    };
-    run().or_raise()
+    })
 }

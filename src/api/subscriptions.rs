@@ -1,13 +1,16 @@
 //! `start_subscription` and `cancel_subscription`.
 
+use super::entry;
 use super::stripe_call::{self, idempotency_key, metadata};
 use crate::callbacks::{while_writing, Writer};
-use crate::error::{OrRaise, PaymentError, Result};
-use crate::store::schema_version::require_current;
+use crate::error::{PaymentError, Result};
+use crate::money;
 use crate::store::{self, first_value, orders, BOOL, INT8, TEXT};
-use crate::stripe::Subscription;
+use crate::stripe::{Price, Subscription};
 use crate::webhook::transitions::SUBSCRIPTION_STATUSES;
 use pgrx::prelude::*;
+use rust_decimal::Decimal;
+use std::str::FromStr;
 
 const CUSTOMER_OF_USER: &str =
     "SELECT stripe_customer_id FROM payment.customers WHERE user_key = $1 AND livemode = $2";
@@ -44,6 +47,41 @@ fn status_of(subscription: &Subscription) -> Result<String> {
     }
 }
 
+/// DESIGN.md: the Price must be recurring, in the order's currency (a link without a
+/// currency takes the Price's), and its unit amount the order's price in minor units.
+fn check_price_fits_order(price: &Price, order: &orders::Order, order_id: i64) -> Result<()> {
+    let refuse = |why: String| {
+        Err(PaymentError::invalid_with_hint(
+            format!("price {} does not fit order {order_id}: {why}", price.id),
+            "Start the subscription with the recurring Price whose amount and currency are the order's.",
+        ))
+    };
+    if !price.is_recurring() {
+        return refuse("it is a one-time price, not a recurring one".into());
+    }
+    let currency = money::normalize_currency(&price.currency)?;
+    if let Some(order_currency) = &order.currency {
+        if !order_currency.trim().eq_ignore_ascii_case(&currency) {
+            return refuse(format!(
+                "it is in {currency}, the order in {}",
+                order_currency.trim().to_lowercase()
+            ));
+        }
+    }
+    let order_price = Decimal::from_str(&order.price).map_err(|_| {
+        PaymentError::invalid(format!("order {order_id} has a price that is not a number"))
+    })?;
+    let wanted = money::to_minor_units(order_price, &currency)?;
+    match price.unit_amount {
+        Some(amount) if amount == wanted => Ok(()),
+        Some(amount) => refuse(format!(
+            "its unit amount is {amount} {currency}, the order's price {} is {wanted}",
+            order.price
+        )),
+        None => refuse("it has no unit amount (tiered or customer-chosen)".into()),
+    }
+}
+
 fn start(order_id: i64, price_id: &str) -> Result<i64> {
     if !price_id.starts_with("price_") && !price_id.starts_with("plan_") {
         return Err(PaymentError::invalid_with_hint(
@@ -53,7 +91,7 @@ fn start(order_id: i64, price_id: &str) -> Result<i64> {
     }
     let installation = store::installation_id()?;
     let keys = stripe_call::keys()?;
-    let (order, attempt, customer) = Spi::connect_mut(|client| -> Result<_> {
+    let (order, user, attempt, customer) = Spi::connect_mut(|client| -> Result<_> {
         let link = orders::require_link(client)?;
         let order = orders::lock_order(client, &link, order_id)?;
         let user = order.user.clone().ok_or_else(|| {
@@ -74,8 +112,13 @@ fn start(order_id: i64, price_id: &str) -> Result<i64> {
             &[order_id.into(), price_id.into()],
         )?)?
         .unwrap_or(0);
-        Ok((user, attempt, customer))
+        Ok((order, user, attempt, customer))
     })?;
+    // The client chooses the price id: a cheap Price must not pay for a dear order.
+    let price = stripe_call::call(|client, hooks| client.retrieve_price(price_id, hooks))?;
+    check_price_fits_order(&price, &order, order_id)?;
+    // From here on, the order's user is what identifies the customer.
+    let order = user;
 
     // One Stripe customer per order user, created once and reused.
     let customer = match customer {
@@ -218,14 +261,12 @@ fn cancel(recurring_payment_id: i64, at_period_end: bool) -> Result<i64> {
     parallel_unsafe
 )]
 fn start_subscription_id(order_id: Option<i64>, price_id: Option<&str>) -> i64 {
-    let run = || {
-        require_current()?;
+    entry(|| {
         start(
             order_id.ok_or(PaymentError::NullArgument("order_id"))?,
             price_id.ok_or(PaymentError::NullArgument("price_id"))?,
         )
-    };
-    run().or_raise()
+    })
 }
 
 /// Internal: `payment.cancel_subscription` (sql/api.sql) returns the row.
@@ -236,12 +277,10 @@ fn start_subscription_id(order_id: Option<i64>, price_id: Option<&str>) -> i64 {
     parallel_unsafe
 )]
 fn cancel_subscription_id(recurring_payment_id: Option<i64>, at_period_end: Option<bool>) -> i64 {
-    let run = || {
-        require_current()?;
+    entry(|| {
         cancel(
             recurring_payment_id.ok_or(PaymentError::NullArgument("recurring_payment_id"))?,
             at_period_end.unwrap_or(false),
         )
-    };
-    run().or_raise()
+    })
 }

@@ -1,5 +1,4 @@
-use crate::error::OrRaise;
-use crate::store::schema_version::require_current;
+use super::entry;
 use crate::webhook;
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -8,20 +7,12 @@ use pgrx::JsonB;
 /// Returns `{"event_id", "type", "outcome", "error"?}`.
 #[pg_extern(schema = "payment", volatile, parallel_unsafe)]
 fn process_stripe_event(payload: Option<&str>, signature: Option<&str>) -> JsonB {
-    let run = || {
-        require_current()?;
-        webhook::process(payload, signature)
-    };
-    JsonB(run().or_raise())
+    JsonB(entry(|| webhook::process(payload, signature)))
 }
 
 /// Apply the stored `failed` events again (at most 500 per call), after a fix.
 #[pg_extern(schema = "payment", volatile, parallel_unsafe)]
 fn retry_failed_events() -> SetOfIterator<'static, JsonB> {
-    let run = || {
-        require_current()?;
-        webhook::retry_failed()
-    };
-    let results = run().or_raise();
+    let results = entry(webhook::retry_failed);
     SetOfIterator::new(results.into_iter().map(JsonB))
 }

@@ -7,7 +7,7 @@
 use crate::error::{PaymentError, Result};
 use crate::gucs;
 use crate::store::cache::{self, CachedHandler};
-use crate::store::{self, INT8};
+use crate::store::{self, identity, INT8};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB};
 use serde_json::json;
@@ -48,19 +48,28 @@ fn callback_kind(table: &str, inserted_renewal: bool) -> &'static str {
     }
 }
 
+/// AFTER INSERT or UPDATE on payments, refunds and recurring_payments. Its errors are
+/// raised through the one error path (a failed event records their message and SQLSTATE).
 #[pg_trigger(sql = false)]
 fn on_status_change<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
-) -> std::result::Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, PaymentError> {
+) -> std::result::Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    if let Err(e) = announce(trigger) {
+        e.raise();
+    }
+    Ok(trigger.new())
+}
+
+fn announce(trigger: &pgrx::PgTrigger<'_>) -> Result<()> {
     let Some(writer) = current_writer() else {
-        return Ok(trigger.new());
+        return Ok(());
     };
     let table = trigger
         .table_name()
-        .map_err(|e| PaymentError::invalid(e.to_string()))?;
+        .map_err(|e| PaymentError::Internal(e.to_string()))?;
     let new = trigger
         .new()
-        .ok_or_else(|| PaymentError::invalid("status trigger without a new row"))?;
+        .ok_or_else(|| PaymentError::Internal("status trigger without a new row".into()))?;
     let id: i64 = get_i64(&new, "id")?.unwrap_or_default();
     let status: String = get_text(&new, "status")?.unwrap_or_default();
     let previous_status: Option<String> = match trigger.old() {
@@ -82,7 +91,7 @@ fn on_status_change<'a>(
     let kind = callback_kind(&table, renewal);
     let handlers = handlers_for(kind)?;
     if handlers.is_empty() {
-        return Ok(Some(new));
+        return Ok(());
     }
     let row = row_json(&table, id)?;
     let callback = json!({
@@ -99,19 +108,19 @@ fn on_status_change<'a>(
     for handler in handlers {
         run_handler(&handler, kind, &callback)?;
     }
-    Ok(Some(new))
+    Ok(())
 }
 
 fn get_i64(tuple: &PgHeapTuple<'_, impl WhoAllocated>, column: &str) -> Result<Option<i64>> {
     tuple
         .get_by_name::<i64>(column)
-        .map_err(|e| PaymentError::invalid(format!("{column}: {e}")))
+        .map_err(|e| PaymentError::Internal(format!("{column}: {e}")))
 }
 
 fn get_text(tuple: &PgHeapTuple<'_, impl WhoAllocated>, column: &str) -> Result<Option<String>> {
     tuple
         .get_by_name::<String>(column)
-        .map_err(|e| PaymentError::invalid(format!("{column}: {e}")))
+        .map_err(|e| PaymentError::Internal(format!("{column}: {e}")))
 }
 
 extern "C-unwind" {
@@ -123,8 +132,8 @@ extern "C-unwind" {
 fn notify(table: &str, id: i64, order_id: Option<i64>, status: &str) -> Result<()> {
     let payload =
         json!({"table": table, "id": id, "order_id": order_id, "status": status}).to_string();
-    let payload =
-        CString::new(payload).map_err(|_| PaymentError::invalid("NOTIFY payload has a NUL"))?;
+    let payload = CString::new(payload)
+        .map_err(|_| PaymentError::Internal("NOTIFY payload has a NUL".into()))?;
     // The GUC's check hook keeps the channel a valid, NUL-free name.
     let channel = gucs::NOTIFY_CHANNEL
         .get()
@@ -147,11 +156,9 @@ fn order_of_payment(payment_id: i64) -> Result<Option<i64>> {
 }
 
 const ALL_HANDLERS: &str = "\
-    SELECT c.kind, c.handler::oid, p.proowner, \
-           'SELECT ' || pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(p.proname) || '($1)' \
+    SELECT c.kind, c.handler::oid, p.proowner, c.handler::text \
       FROM payment.callbacks c \
       LEFT JOIN pg_catalog.pg_proc p ON p.oid = c.handler \
-      LEFT JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
      ORDER BY c.created_at, c.handler::oid";
 
 fn load_handlers() -> Result<Vec<CachedHandler>> {
@@ -160,10 +167,10 @@ fn load_handlers() -> Result<Vec<CachedHandler>> {
         let mut handlers = Vec::new();
         for row in client.select(stmt, None, &[])? {
             handlers.push(CachedHandler {
-                kind: row.get(1)?.unwrap_or_default(),
-                oid: row.get(2)?.unwrap_or(pg_sys::Oid::INVALID),
+                kind: store::required(row.get(1)?, "callbacks.kind")?,
+                oid: store::required(row.get(2)?, "callbacks.handler")?,
                 owner: row.get(3)?,
-                call_sql: row.get(4)?,
+                name: row.get::<String>(4)?.unwrap_or_default(),
             });
         }
         Ok(handlers)
@@ -198,18 +205,63 @@ fn row_json(table: &str, id: i64) -> Result<serde_json::Value> {
 }
 
 /// Call the handler as its owner, not as payment_owner: it can then update the app's own
-/// tables and cannot read the secrets. It runs in the transaction of the change.
+/// tables and cannot read the secrets. It runs in the transaction of the change, by OID
+/// (a function of the same name elsewhere never stands in), in a restricted security
+/// context and a settings frame of its own (store::identity).
 fn run_handler(handler: &CachedHandler, kind: &str, callback: &serde_json::Value) -> Result<()> {
     // A regprocedure records no dependency: a dropped handler must fail loudly, never be
     // skipped, or the business logic silently stops running.
-    let (Some(owner), Some(call_sql)) = (handler.owner, handler.call_sql.as_deref()) else {
+    let Some(owner) = handler.owner else {
         return Err(PaymentError::NotFound(format!(
             "the {kind} callback handler with oid {} no longer exists",
             handler.oid.to_u32()
         )));
     };
-    store::as_role(owner, || -> Result<()> {
-        Spi::run_with_args(call_sql, &[JsonB(callback.clone()).into()])?;
+    // Running a superuser's function from an event would hand the relay superuser rights.
+    if identity::is_superuser(owner) {
+        return Err(PaymentError::PermissionDenied {
+            message: format!(
+                "the {kind} callback handler {} is owned by a superuser, and handlers never run as one",
+                handler.name
+            ),
+            hint: Some(
+                "ALTER FUNCTION ... OWNER TO the ordinary role that owns the app's tables, then \
+                 retry_failed_events()."
+                    .into(),
+            ),
+        });
+    }
+    let argument = JsonB(callback.clone());
+    identity::as_handler_owner(owner, || {
+        call_by_oid(handler.oid, argument);
         Ok(())
-    })
+    });
+    Ok(())
+}
+
+/// `handler(callback jsonb) → void` through fmgr, ignoring its (void) result.
+fn call_by_oid(handler: pg_sys::Oid, argument: JsonB) {
+    let datum = argument.into_datum();
+    // SAFETY: the fmgr calling convention: a zeroed FunctionCallInfo with room for one
+    // argument, filled as InitFunctionCallInfoData does, and the function looked up by
+    // fmgr_info in the current memory context. Errors raised inside become Rust panics at
+    // the pg_sys boundary and propagate as Postgres errors.
+    unsafe {
+        let mut flinfo: pg_sys::FmgrInfo = std::mem::zeroed();
+        pg_sys::fmgr_info(handler, &mut flinfo);
+        let size = std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>()
+            + std::mem::size_of::<pg_sys::NullableDatum>();
+        let fcinfo = pg_sys::palloc0(size) as pg_sys::FunctionCallInfo;
+        (*fcinfo).flinfo = &mut flinfo;
+        (*fcinfo).fncollation = pg_sys::InvalidOid;
+        (*fcinfo).nargs = 1;
+        let args = (*fcinfo).args.as_mut_slice(1);
+        args[0] = pg_sys::NullableDatum {
+            value: datum.unwrap_or(pg_sys::Datum::from(0)),
+            isnull: datum.is_none(),
+        };
+        let function = flinfo.fn_addr.expect("fmgr_info sets fn_addr");
+        pg_sys::ffi::pg_guard_ffi_boundary(|| function(fcinfo));
+        pg_sys::pfree(fcinfo.cast());
+    }
 }

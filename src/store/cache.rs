@@ -5,22 +5,24 @@
 //! when one arrives, and a change to any function (a dropped or re-owned handler) drops the
 //! callbacks too. A copy is only ever rebuilt from committed data, by a query.
 
+use super::secrets::WebhookSecrets;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::cell::RefCell;
 
 thread_local! {
-    static WEBHOOK_SECRETS: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+    static WEBHOOK_SECRETS: RefCell<Option<WebhookSecrets>> = const { RefCell::new(None) };
     static CALLBACKS: RefCell<Option<Vec<CachedHandler>>> = const { RefCell::new(None) };
 }
 
-/// One registered handler; `owner` and `call_sql` are None when the function is gone.
+/// One registered handler; `owner` is None when the function is gone.
 #[derive(Debug, Clone)]
 pub struct CachedHandler {
     pub kind: String,
     pub oid: pg_sys::Oid,
     pub owner: Option<pg_sys::Oid>,
-    pub call_sql: Option<String>,
+    /// Its qualified name, for messages.
+    pub name: String,
 }
 
 /// Called from `_PG_init`.
@@ -30,18 +32,12 @@ pub fn register_invalidation_callbacks() {
             Some(on_relcache_invalidation),
             pg_sys::Datum::from(0),
         );
-        // The cached call names the handler by schema and name: a renamed, re-owned or
-        // dropped function, or a renamed schema, drops the copy.
-        for cache in [
-            pg_sys::SysCacheIdentifier::PROCOID,
-            pg_sys::SysCacheIdentifier::NAMESPACEOID,
-        ] {
-            pg_sys::CacheRegisterSyscacheCallback(
-                cache as i32,
-                Some(on_function_invalidation),
-                pg_sys::Datum::from(0),
-            );
-        }
+        // Handlers are called by OID; a re-owned or dropped function drops the copy.
+        pg_sys::CacheRegisterSyscacheCallback(
+            pg_sys::SysCacheIdentifier::PROCOID as i32,
+            Some(on_function_invalidation),
+            pg_sys::Datum::from(0),
+        );
     }
 }
 
@@ -62,7 +58,9 @@ unsafe extern "C-unwind" fn on_function_invalidation(
     CALLBACKS.with(|c| c.borrow_mut().take());
 }
 
-pub fn webhook_secrets<E>(load: impl FnOnce() -> Result<Vec<String>, E>) -> Result<Vec<String>, E> {
+pub fn webhook_secrets<E>(
+    load: impl FnOnce() -> Result<WebhookSecrets, E>,
+) -> Result<WebhookSecrets, E> {
     if let Some(secrets) = WEBHOOK_SECRETS.with(|c| c.borrow().clone()) {
         return Ok(secrets);
     }

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 
 pub mod cache;
+pub mod identity;
 pub mod orders;
 pub mod refunds;
 pub mod schema_version;
@@ -51,6 +52,11 @@ pub fn first_value<T: FromDatum + IntoDatum>(table: SpiTupleTable<'_>) -> Result
         return Ok(None);
     }
     Ok(table.first().get_one::<T>()?)
+}
+
+/// A NOT NULL column's value: NULL there is a broken invariant, never a default.
+pub fn required<T>(value: Option<T>, column: &str) -> Result<T> {
+    value.ok_or_else(|| PaymentError::Internal(format!("{column} is NULL")))
 }
 
 /// One value from a one-off query (not for the hot path).
@@ -132,38 +138,6 @@ fn sqlstate_text(code: PgSqlErrorCode) -> String {
         v >>= 6;
     }
     s
-}
-
-/// Run `f` as `role` (as SECURITY DEFINER would), restoring the caller's identity however
-/// `f` ends. SECURITY_LOCAL_USERID_CHANGE keeps `f` from SET ROLE-ing its way back.
-pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    let mut saved_user = pg_sys::Oid::INVALID;
-    let mut saved_context = 0;
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
-        pg_sys::SetUserIdAndSecContext(
-            role,
-            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-        );
-    }
-    PgTryBuilder::new(AssertUnwindSafe(f))
-        .finally(|| unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) })
-        .execute()
-}
-
-/// The role the extension's objects belong to, found once per backend.
-pub fn payment_owner() -> Result<pg_sys::Oid> {
-    thread_local!(static OWNER: std::cell::Cell<Option<pg_sys::Oid>> = const { std::cell::Cell::new(None) });
-    if let Some(oid) = OWNER.with(|o| o.get()) {
-        return Ok(oid);
-    }
-    let oid = query_value::<pg_sys::Oid>(
-        "SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'payment_owner'",
-        &[],
-    )?
-    .ok_or_else(|| PaymentError::NotFound("role payment_owner does not exist".into()))?;
-    OWNER.with(|o| o.set(Some(oid)));
-    Ok(oid)
 }
 
 const INSTALLATION_IDS: &str = "SELECT id::text FROM payment.installation ORDER BY created_at, id";

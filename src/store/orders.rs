@@ -1,8 +1,9 @@
 //! The application's linked order table.
 
 use crate::error::{PaymentError, Result};
-use crate::store::first_value;
+use crate::store::{first_value, identity};
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,21 +51,41 @@ pub fn require_link(client: &SpiClient<'_>) -> Result<OrderLink> {
 
 /// Columns a renewal copies from the subscription's order: everything but the id, the
 /// status, identity and generated columns, and columns under a unique index (those are
-/// left to their defaults, so the copy does not collide with the original).
-const COPYABLE_COLUMNS: &str = "\
-    SELECT COALESCE(pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum), '') \
-      FROM pg_catalog.pg_attribute a \
-     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
-       AND a.attgenerated = '' AND a.attidentity = '' \
-       AND a.attname::text <> $2 AND a.attname::text <> $3 \
-       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
-                        WHERE i.indrelid = a.attrelid AND i.indisunique AND a.attnum = ANY (i.indkey))";
+/// left to their defaults, so the copy does not collide with the original). Returns the
+/// INSERT, quoted by Postgres: `$1` the order copied, `$2` the paid status.
+const RENEWAL_INSERT: &str = "\
+    WITH copied AS ( \
+        SELECT COALESCE(pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum), '') AS cols \
+          FROM pg_catalog.pg_attribute a \
+         WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
+           AND a.attgenerated = '' AND a.attidentity = '' \
+           AND a.attname::text <> $2 AND a.attname::text <> $3 \
+           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+                            WHERE i.indrelid = a.attrelid AND i.indisunique AND a.attnum = ANY (i.indkey))) \
+    SELECT pg_catalog.format('INSERT INTO %s (%s%I) SELECT %s$2 FROM %s WHERE %I = $1 RETURNING %I::int8', \
+                             $1::regclass, CASE WHEN cols = '' THEN '' ELSE cols || ', ' END, $3, \
+                             CASE WHEN cols = '' THEN '' ELSE cols || ', ' END, $1::regclass, $2, $2) \
+      FROM copied";
 
-/// Insert a new order row, a copy of `order_id` with the paid status; returns its id.
+const TABLE_OWNER: &str = "SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1";
+
+/// The linked table's owner, as it is now: the role that the extension reads and writes the
+/// table as (see store::identity).
+fn table_owner(link: &OrderLink) -> Result<pg_sys::Oid> {
+    crate::store::query_value::<pg_sys::Oid>(TABLE_OWNER, &[link.table.into()])?.ok_or_else(|| {
+        PaymentError::NotConfigured {
+            message: format!("the linked order table {} no longer exists", link.table_sql),
+            hint: "Restore the table; the link is permanent.".into(),
+        }
+    })
+}
+
+/// Insert a new order row, a copy of `order_id` with the paid status, as the table's owner;
+/// returns its id.
 pub fn copy_for_renewal(client: &mut SpiClient<'_>, order_id: i64) -> Result<i64> {
     let link = require_link(client)?;
-    let columns: String = first_value::<String>(client.select(
-        COPYABLE_COLUMNS,
+    let sql = first_value::<String>(client.select(
+        RENEWAL_INSERT,
         Some(1),
         &[
             link.table.into(),
@@ -72,20 +93,17 @@ pub fn copy_for_renewal(client: &mut SpiClient<'_>, order_id: i64) -> Result<i64
             link.status_column.as_str().into(),
         ],
     )?)?
-    .unwrap_or_default();
-    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    let (id, status) = (quote(&link.id_column), quote(&link.status_column));
-    let sep = if columns.is_empty() { "" } else { ", " };
-    let sql = format!(
-        "INSERT INTO {table} ({columns}{sep}{status}) \
-         SELECT {columns}{sep}$2 FROM {table} WHERE {id} = $1 RETURNING {id}::int8",
-        table = link.table_sql
-    );
-    let new_id = first_value::<i64>(client.update(
-        sql.as_str(),
-        Some(1),
-        &[order_id.into(), link.paid_status.as_str().into()],
-    )?)?;
+    .ok_or_else(|| PaymentError::Internal("the renewal INSERT came out NULL".into()))?;
+    let owner = table_owner(&link)?;
+    let new_id = identity::as_table_owner(owner, || {
+        Spi::connect_mut(|client| {
+            first_value::<i64>(client.update(
+                sql.as_str(),
+                Some(1),
+                &[order_id.into(), link.paid_status.as_str().into()],
+            )?)
+        })
+    });
     new_id.ok_or_else(|| {
         PaymentError::NotFound(format!(
             "order {order_id} of this subscription no longer exists in {}, so its renewal cannot be copied",
@@ -94,17 +112,26 @@ pub fn copy_for_renewal(client: &mut SpiClient<'_>, order_id: i64) -> Result<i64
     })
 }
 
-const ORDER_LOCK: &str =
-    "SELECT pg_catalog.pg_advisory_xact_lock(1885434221, pg_catalog.hashint8($1))";
+const INSERT_ORDER_LOCK: &str =
+    "INSERT INTO payment.order_locks (order_id) VALUES ($1) ON CONFLICT DO NOTHING";
+const ORDER_LOCK: &str = "SELECT 1 FROM payment.order_locks WHERE order_id = $1 FOR UPDATE";
 
-/// The transaction-long lock that payment actions on one order take. A webhook that cannot
+/// The transaction-long lock that payment actions on one order take: a row lock in a table
+/// only payment_owner may write (an advisory lock could be taken by any role that knows
+/// the order id, and the app's own order row is the app's to update meanwhile). The INSERT
+/// waits for a racing transaction that is inserting the same row. A webhook that cannot
 /// place an object of ours takes it too: it then waits for the transaction that is creating
 /// the object (Stripe may answer, and send the event, before that transaction commits).
 pub fn take_order_lock(client: &mut SpiClient<'_>, order_id: i64) -> Result<()> {
-    let stmt = crate::store::plan(client, ORDER_LOCK, &[crate::store::INT8])?;
-    client.update(stmt, None, &[order_id.into()])?;
+    let insert = crate::store::plan(client, INSERT_ORDER_LOCK, &[crate::store::INT8])?;
+    client.update(insert, None, &[order_id.into()])?;
+    let lock = crate::store::plan(client, ORDER_LOCK, &[crate::store::INT8])?;
+    client.update(lock, None, &[order_id.into()])?;
     Ok(())
 }
+
+/// Price, currency and user of an order, as its SELECT returns them.
+type OrderRow = (Option<String>, Option<String>, Option<String>);
 
 /// What a payment needs to know of an order.
 #[derive(Debug, Clone)]
@@ -115,35 +142,50 @@ pub struct Order {
     pub user: Option<String>,
 }
 
-/// Read an order through the link. Serialises payment actions on the same order (an
-/// advisory lock, not a row lock: the app may keep updating its order meanwhile), so two
-/// concurrent calls count earlier attempts alike and cannot both create one.
+/// The SELECT of one order, quoted by Postgres: `$1` the table, `$2`..`$5` the id, amount,
+/// user and currency columns (the currency may be NULL).
+const ORDER_SELECT: &str = "\
+    SELECT pg_catalog.format('SELECT %I::numeric::text, %s, %I::text FROM %s WHERE %I = $1', \
+                             $3, CASE WHEN $5 IS NULL THEN 'NULL::text' ELSE pg_catalog.format('%I::text', $5) END, $4, \
+                             $1::regclass, $2)";
+
+/// Read an order through the link, as the table's owner. Serialises payment actions on the
+/// same order (see `take_order_lock`), so two concurrent calls count earlier attempts alike
+/// and cannot both create one.
 pub fn lock_order(client: &mut SpiClient<'_>, link: &OrderLink, order_id: i64) -> Result<Order> {
     take_order_lock(client, order_id)?;
-    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    let currency = match &link.currency_column {
-        Some(c) => format!("{}::text", quote(c)),
-        None => "NULL::text".into(),
-    };
-    let sql = format!(
-        "SELECT {amount}::numeric::text, {currency}, {user}::text FROM {table} WHERE {id} = $1",
-        amount = quote(&link.amount_column),
-        user = quote(&link.user_column),
-        table = link.table_sql,
-        id = quote(&link.id_column),
-    );
-    let mut rows = client.update(sql.as_str(), Some(1), &[order_id.into()])?;
-    let row = rows.next().ok_or_else(|| {
+    let sql = first_value::<String>(client.select(
+        ORDER_SELECT,
+        Some(1),
+        &[
+            link.table.into(),
+            link.id_column.as_str().into(),
+            link.amount_column.as_str().into(),
+            link.user_column.as_str().into(),
+            link.currency_column.as_deref().into(),
+        ],
+    )?)?
+    .ok_or_else(|| PaymentError::Internal("the order SELECT came out NULL".into()))?;
+    let owner = table_owner(link)?;
+    let row = identity::as_table_owner(owner, || {
+        Spi::connect(|client| -> Result<Option<OrderRow>> {
+            let mut rows = client.select(sql.as_str(), Some(1), &[order_id.into()])?;
+            match rows.next() {
+                None => Ok(None),
+                Some(row) => Ok(Some((row.get(1)?, row.get(2)?, row.get(3)?))),
+            }
+        })
+    });
+    let (price, currency, user) = row.ok_or_else(|| {
         PaymentError::NotFound(format!(
             "order {order_id} does not exist in {}",
             link.table_sql
         ))
     })?;
-    let price: Option<String> = row.get(1)?;
     Ok(Order {
         price: price
             .ok_or_else(|| PaymentError::invalid(format!("order {order_id} has no price")))?,
-        currency: row.get(2)?,
-        user: row.get(3)?,
+        currency,
+        user,
     })
 }

@@ -6,29 +6,48 @@ use crate::error::{PaymentError, Result};
 use crate::store::{self, cache, plan};
 use pgrx::prelude::*;
 
-const SELECT_WEBHOOK_SECRETS: &str =
-    "SELECT value FROM payment.secrets WHERE kind = 'webhook_secret' ORDER BY created_at DESC";
+/// The webhook secrets of the configured secret key's mode (every secret carries the mode
+/// of the key it was configured with), and that mode.
+const SELECT_WEBHOOK_SECRETS: &str = "\
+    WITH key AS (SELECT livemode FROM payment.secrets WHERE kind = 'secret_key' \
+                  ORDER BY created_at DESC LIMIT 1) \
+    SELECT s.value, s.livemode FROM payment.secrets s \
+     WHERE s.kind = 'webhook_secret' AND s.livemode IS NOT DISTINCT FROM \
+           COALESCE((SELECT livemode FROM key), s.livemode) \
+     ORDER BY s.created_at DESC";
+
+/// The secrets that verify a webhook, and the mode (live or test) of the events they may
+/// verify.
+#[derive(Debug, Clone)]
+pub struct WebhookSecrets {
+    pub secrets: Vec<String>,
+    pub livemode: bool,
+}
 
 /// Every webhook secret currently valid, from this backend's copy (see store::cache).
-pub fn webhook_secrets() -> Result<Vec<String>> {
+pub fn webhook_secrets() -> Result<WebhookSecrets> {
     check_configured(cache::webhook_secrets(load_webhook_secrets)?)
 }
 
-fn load_webhook_secrets() -> Result<Vec<String>> {
-    Spi::connect(|client| -> Result<Vec<String>> {
+fn load_webhook_secrets() -> Result<WebhookSecrets> {
+    Spi::connect(|client| -> Result<WebhookSecrets> {
         let stmt = plan(client, SELECT_WEBHOOK_SECRETS, &[])?;
-        let mut out = Vec::with_capacity(2);
+        let mut out = WebhookSecrets {
+            secrets: Vec::with_capacity(2),
+            livemode: false,
+        };
         for row in client.select(stmt, None, &[])? {
-            if let Some(value) = row.get::<String>(1)? {
-                out.push(value);
+            if let (Some(value), Some(livemode)) = (row.get::<String>(1)?, row.get::<bool>(2)?) {
+                out.secrets.push(value);
+                out.livemode = livemode;
             }
         }
         Ok(out)
     })
 }
 
-fn check_configured(secrets: Vec<String>) -> Result<Vec<String>> {
-    if secrets.is_empty() {
+fn check_configured(secrets: WebhookSecrets) -> Result<WebhookSecrets> {
+    if secrets.secrets.is_empty() {
         return Err(PaymentError::NotConfigured {
             message: "no webhook secret is configured, so no event can be verified".into(),
             hint: "Run payment.configure(secret_key, publishable_key, webhook_secret) or \
@@ -38,6 +57,24 @@ fn check_configured(secrets: Vec<String>) -> Result<Vec<String>> {
         });
     }
     Ok(secrets)
+}
+
+/// The mode of the configured secret key (true: live), if one is configured.
+pub fn secret_key_mode() -> Result<Option<bool>> {
+    store::query_value::<bool>(
+        "SELECT livemode FROM payment.secrets WHERE kind = 'secret_key' ORDER BY created_at DESC LIMIT 1",
+        &[],
+    )
+}
+
+/// Drop the webhook secrets of the other mode than `livemode` (a key of a new mode was
+/// configured: the old endpoint's secrets cannot verify its events).
+pub fn drop_webhook_secrets_not_of(livemode: bool) -> Result<()> {
+    Spi::run_with_args(
+        "DELETE FROM payment.secrets WHERE kind = 'webhook_secret' AND livemode <> $1",
+        &[livemode.into()],
+    )?;
+    Ok(())
 }
 
 pub fn get(kind: &'static str) -> Result<Option<String>> {

@@ -6,7 +6,7 @@
 use super::client::{Client, Hooks, Method};
 use super::error::StripeError;
 use super::form::{Form, Param};
-use super::objects::{Customer, PaymentIntent, Refund, Subscription};
+use super::objects::{Customer, PaymentIntent, Price, Refund, Subscription};
 
 /// From this API version on, an invoice no longer has `payment_intent`; the
 /// first payment's client secret is `confirmation_secret.client_secret`.
@@ -159,6 +159,13 @@ impl Client {
     ) -> Result<PaymentIntent, StripeError> {
         check_id("payment_intent", id)?;
         let path = format!("/v1/payment_intents/{id}");
+        self.request(Method::Get, &path, &Form::new(), None, hooks)
+    }
+
+    /// `GET /v1/prices/{id}`.
+    pub fn retrieve_price(&self, id: &str, hooks: Hooks<'_>) -> Result<Price, StripeError> {
+        check_id("price", id)?;
+        let path = format!("/v1/prices/{id}");
         self.request(Method::Get, &path, &Form::new(), None, hooks)
     }
 

@@ -33,7 +33,7 @@ pub use form::{quote_plus, Form, Param};
 pub use idempotency::idempotency_key;
 pub use objects::{
     ConfirmationSecret, Customer, Expandable, HasId, Invoice, List, ObjectRef, PaymentError,
-    PaymentIntent, Refund, Subscription, SubscriptionItem,
+    PaymentIntent, Price, Refund, Subscription, SubscriptionItem,
 };
 pub use retry::{backoff_delay, should_retry, Attempt};
 

@@ -92,6 +92,25 @@ pub struct Refund {
     pub metadata: HashMap<String, String>,
 }
 
+/// A Price, as `start_subscription` checks it against the order.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Price {
+    pub id: String,
+    pub currency: String,
+    /// None for tiered or customer-chosen prices.
+    pub unit_amount: Option<i64>,
+    /// Present for recurring prices only.
+    pub recurring: Option<serde_json::Value>,
+    #[serde(rename = "type")]
+    pub price_type: Option<String>,
+}
+
+impl Price {
+    pub fn is_recurring(&self) -> bool {
+        self.recurring.is_some() || self.price_type.as_deref() == Some("recurring")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Customer {
     pub id: String,

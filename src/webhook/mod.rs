@@ -78,13 +78,25 @@ pub fn process(payload: Option<&str>, signature: Option<&str>) -> Result<Value> 
     signature::verify(
         payload.as_bytes(),
         signature,
-        secrets.iter().map(String::as_str),
+        secrets.secrets.iter().map(String::as_str),
         now,
         i64::from(gucs::WEBHOOK_TOLERANCE_S.get()),
     )
     .map_err(|e| PaymentError::SignatureRejected(e.to_string()))?;
 
     let envelope = event::parse_envelope(payload).map_err(PaymentError::InvalidPayload)?;
+    // A signature proves who sent the event, not which of the account's modes it is of: a
+    // live event must never move a test payment, nor the other way round.
+    if envelope.livemode != secrets.livemode {
+        let (event_mode, our_mode) = match envelope.livemode {
+            true => ("live", "test"),
+            false => ("test", "live"),
+        };
+        return Err(PaymentError::ModeMismatch(format!(
+            "event {} is a {event_mode}-mode event, and this database is configured for {our_mode} mode",
+            envelope.id
+        )));
+    }
     let kind = EventKind::of(&envelope.event_type);
     let outcome = record_and_apply(&envelope, kind, payload)?;
     Ok(outcome.to_json(&envelope.id, &envelope.event_type))

@@ -23,6 +23,10 @@ import pytest
 from psycopg.rows import dict_row
 
 import stripe_events as ev
+import sys as _sys
+
+_sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stripe_servers"))
+from fake_stripe import FakeStripe  # noqa: E402
 from e2e_helpers import ADMIN, APP, LOGIN_ROLES, OWNER, RELEASED, WEBHOOK, require_extension
 
 PGBIN = Path(os.environ.get("PG_PAYMENT_PGBIN", "/usr/lib/postgresql/15/bin"))
@@ -370,6 +374,17 @@ def _new_database(cluster, cls):
     name = "e2e_" + uuid.uuid4().hex[:12]
     cluster.admin.execute(f'CREATE DATABASE "{name}"')
     return cls(cluster, name)
+
+
+@pytest.fixture
+def fake(tmp_path):
+    """The project's own fake Stripe (tests/stripe_servers/fake_stripe.py), on 127.0.0.1,
+    stopped by PID after the test."""
+    server = FakeStripe.start(tmp_path / "fake_stripe", webhook_secret=ev.WEBHOOK_SECRET)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -51,6 +51,12 @@ def errors_out(conn, sql, params=None):
     return info.value
 
 
+def point_at(db, url):
+    """Every new connection of the test database, and the open one, call Stripe at `url`."""
+    db.conn.execute(f'ALTER DATABASE "{db.name}" SET pg_payment.stripe_api_base = \'{url}\'')
+    db.conn.execute(f"SET pg_payment.stripe_api_base = '{url}'")
+
+
 def require_extension():
     if not CONTROL.exists():
         pytest.fail(

@@ -55,4 +55,5 @@ def test_second_database_reuses_the_cluster_roles(new_database):
     oid = a.value("SELECT oid FROM pg_roles WHERE rolname = 'payment_owner'")
     b.conn.execute("CREATE EXTENSION pg_payment")
     assert b.value("SELECT oid FROM pg_roles WHERE rolname = 'payment_owner'") == oid
-    assert b.value("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'payment'") == "payment_owner"
+    # The schema is the extension owner's (DESIGN: payment_owner owns nothing).
+    assert b.value("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'payment'") == "postgres"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import stripe_events as ev
-from e2e_helpers import WEBHOOK
+from e2e_helpers import OWNER, WEBHOOK
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "stripe_servers"))
@@ -59,6 +59,9 @@ def loop(shop, tmp_path):
                     WHEN 'succeeded' THEN 'paid' WHEN 'failed' THEN 'payment_failed' ELSE status END
                  WHERE id = (callback->>'order_id')::bigint;
             END $$""")
+        # Handlers never run as a superuser: the app's ordinary role owns this one.
+        shop.conn.execute(f"ALTER FUNCTION public.mark_order(jsonb) OWNER TO {OWNER}")
+        shop.conn.execute(f"GRANT SELECT, UPDATE ON public.orders TO {OWNER}")
         shop.conn.execute("SELECT payment.add_callback('payment', 'public.mark_order(jsonb)')")
         yield {"shop": shop, "localstripe": localstripe, "relay_url": relay_url}
     finally:

@@ -19,15 +19,6 @@ ENTRY_POINTS = [
     "remove_callback(text,regprocedure)",
 ]
 
-DEFINER_ENTRY_POINTS = {
-    "configure(text,text,text)",
-    "add_webhook_secret(text)",
-    "remove_webhook_secret(text)",
-    "publishable_key()",
-    "process_stripe_event(text,text)",
-    "retry_failed_events()",
-}
-
 DOCUMENTED_TABLES = ["payments", "refunds", "recurring_payments", "events", "api_requests", "callbacks"]
 
 
@@ -56,28 +47,34 @@ def test_roles_exist_and_payment_owner_is_a_powerless_owner(db):
     assert not owner["rolcreaterole"] and not owner["rolbypassrls"]
 
 
-def test_schema_tables_and_sequences_belong_to_payment_owner(db):
-    assert db.value("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'payment'") == "payment_owner"
+def extension_owner(db):
+    return db.value("SELECT extowner::regrole::text FROM pg_extension WHERE extname = 'pg_payment'")
+
+
+def test_schema_tables_and_sequences_belong_to_the_extensions_owner(db):
+    """DESIGN: every object belongs to the role that ran CREATE EXTENSION; payment_owner,
+    whose rights the extension's code runs with, owns nothing it could rewrite."""
+    owner = extension_owner(db)
+    assert db.value("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'payment'") == owner
     owners = db.rows("SELECT c.relname, c.relkind, c.relowner::regrole::text AS owner FROM pg_class c"
                      " WHERE c.relnamespace = 'payment'::regnamespace AND c.relkind IN ('r', 'S', 'v')")
     names = {o["relname"] for o in owners}
     assert set(DOCUMENTED_TABLES) <= names
-    assert [o for o in owners if o["owner"] != "payment_owner"] == []
+    assert [o for o in owners if o["owner"] != owner] == []
 
 
-def test_entry_points_pin_search_path_and_privileged_ones_run_as_payment_owner(db):
+def test_entry_points_pin_search_path_and_run_with_the_callers_rights(db):
+    """Functions are SECURITY INVOKER, owned by the extension's owner; their code switches
+    to payment_owner for its work (src/store/identity.rs)."""
+    owner = extension_owner(db)
     for sig in ENTRY_POINTS:
         r = db.row("SELECT prosecdef, proowner::regrole::text AS owner, proconfig FROM pg_proc"
                    " WHERE oid = to_regprocedure(%s)", (f"payment.{sig}",))
         assert r is not None, f"payment.{sig} does not exist"
-        assert r["owner"] == "payment_owner", f"payment.{sig} is owned by {r['owner']}"
+        assert r["owner"] == owner, f"payment.{sig} is owned by {r['owner']}"
         config = [c.replace(" ", "") for c in (r["proconfig"] or [])]
-        assert "search_path=pg_catalog,pg_temp" in config, f"payment.{sig} has proconfig {r['proconfig']}"
-        # link_order_table grants with the caller's rights (DESIGN: "Order table"), and a
-        # function that only checks the caller's own objects may too; the ones that read
-        # or write what app roles cannot must run as payment_owner.
-        if sig in DEFINER_ENTRY_POINTS:
-            assert r["prosecdef"], f"payment.{sig} is not SECURITY DEFINER"
+        assert config == ["search_path=pg_catalog,pg_temp"], f"payment.{sig} has proconfig {r['proconfig']}"
+        assert not r["prosecdef"], f"payment.{sig} is SECURITY DEFINER"
 
 
 def test_every_function_in_the_schema_pins_search_path(db):
@@ -106,14 +103,21 @@ def test_nothing_in_the_schema_is_granted_to_public(db):
 # DESIGN.md's Roles section, nothing more (an upgrade must leave the same).
 ADMIN_ONLY_FUNCTIONS = [
     "add_callback(text,regprocedure)", "add_webhook_secret(text)", "cancel_subscription(bigint,boolean)",
-    "configure(text,text,text)", "guard_order_rows()",
+    "cancel_subscription_id(bigint,boolean)", "configure(text,text,text)", "guard_order_rows()",
     "link_order_table(regclass,name,name,name,name,name,text)", "refund_payment(bigint,bigint)",
-    "remove_callback(text,regprocedure)", "remove_webhook_secret(text)", "retry_failed_events()",
+    "refund_payment_id(bigint,bigint)", "remove_callback(text,regprocedure)", "remove_webhook_secret(text)",
+    "retry_failed_events()",
 ]
+# The *_id helpers are what the SQL wrappers of the same name call as the caller.
 APP_FUNCTIONS = [
-    "create_payment(bigint,text,bigint)", "from_minor_units(bigint,text)", "publishable_key()",
-    "start_subscription(bigint,text)", "to_minor_units(numeric,text)",
+    "create_payment(bigint,text,bigint)", "create_payment_id(bigint,text,bigint)",
+    "from_minor_units(bigint,text)", "publishable_key()", "start_subscription(bigint,text)",
+    "start_subscription_id(bigint,text)", "to_minor_units(numeric,text)",
 ]
+ALL_TABLES = ["api_requests", "callbacks", "charges", "customers", "events", "installation", "order_link",
+              "order_locks", "payments", "recurring_payments", "refunds", "secrets"]
+SEQUENCES = ["api_requests_id_seq", "payments_id_seq", "recurring_payments_id_seq", "refunds_id_seq",
+             "secrets_id_seq"]
 READABLE_TABLES = ["api_requests", "callbacks", "events", "order_link", "payments", "recurring_payments", "refunds"]
 EXPECTED_GRANTS = sorted(
     [("schema payment", role, "USAGE") for role in ("payment_admin", "payment_app", "payment_webhook")]
@@ -121,6 +125,11 @@ EXPECTED_GRANTS = sorted(
     + [(f"function payment.{f}", "payment_admin", "EXECUTE") for f in ADMIN_ONLY_FUNCTIONS + APP_FUNCTIONS]
     + [(f"function payment.{f}", "payment_app", "EXECUTE") for f in APP_FUNCTIONS]
     + [("function payment.process_stripe_event(text,text)", "payment_webhook", "EXECUTE")]
+    # payment_owner: what the extension's own statements need, and nothing it could own.
+    + [("schema payment", "payment_owner", "USAGE")]
+    + [(f"table payment.{t}", "payment_owner", p) for t in ALL_TABLES
+       for p in ("DELETE", "INSERT", "SELECT", "UPDATE")]
+    + [(f"table payment.{q}", "payment_owner", "USAGE") for q in SEQUENCES]
 )
 
 GRANTS_ON_MEMBERS = """

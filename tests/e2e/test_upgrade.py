@@ -21,7 +21,7 @@ import pytest
 
 import stripe_events as ev
 from conftest import Cluster, Shop, _grant_memberships
-from e2e_helpers import OWNER, RELEASED, require_extension
+from e2e_helpers import OWNER, RELEASED, point_at, require_extension
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stripe_servers"))
 from fake_stripe import FakeStripe  # noqa: E402
@@ -250,10 +250,6 @@ def released(request, tmp_path):
         tree.remove()
 
 
-def point_at(shop, url):
-    shop.conn.execute(f'ALTER DATABASE "{shop.name}" SET pg_payment.stripe_api_base = \'{url}\'')
-    shop.conn.execute(f"SET pg_payment.stripe_api_base = '{url}'")
-
 
 def deliver_from(fake, shop, type_, object_id, **kw):
     sent = fake.event(type_, object_id, **kw)
@@ -354,6 +350,13 @@ def test_upgrade_gives_a_fresh_install_and_keeps_every_row_working(released):
              WHERE l.lanname = 'c' AND p.pronamespace = 'payment'::regnamespace""")
 
         assert contents(window) == before
+        # 0.1.0 granted payment_owner rights on the app's table and its sequence; the
+        # extension now reads and writes the table as its owner, so the upgrade revoked them.
+        assert window.value("""
+            SELECT has_table_privilege('payment_owner', 'public.orders', 'SELECT, INSERT, UPDATE, REFERENCES')
+                OR has_column_privilege('payment_owner', 'public.orders', 'status', 'UPDATE')
+                OR has_sequence_privilege('payment_owner', pg_get_serial_sequence('public.orders', 'id'), 'USAGE')
+        """) is False
         upgraded_rows_still_work(window, fake, made)
     finally:
         window.close()
