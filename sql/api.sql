@@ -34,6 +34,21 @@ $fn$;
 COMMENT ON FUNCTION payment.create_payment(bigint, text, bigint) IS
     'Charge an order: amount in minor units, checked against the order''s price; returns the payment with its client_secret.';
 
+CREATE FUNCTION payment.cancel_payment(payment_id bigint)
+RETURNS payment.payments LANGUAGE plpgsql AS $fn$
+DECLARE
+    canceled_id bigint;
+    result payment.payments;
+BEGIN
+    -- Call it once, into a variable: in a WHERE clause a volatile function could run per row.
+    canceled_id := payment.cancel_payment_id(payment_id);
+    SELECT * INTO result FROM payment.payments WHERE id = canceled_id;
+    RETURN result;
+END
+$fn$;
+COMMENT ON FUNCTION payment.cancel_payment(bigint) IS
+    'Cancel the PaymentIntent of a payment that is not paid yet; returns the payment.';
+
 CREATE FUNCTION payment.refund_payment(payment_id bigint, refund_amount bigint DEFAULT NULL)
 RETURNS payment.refunds LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -82,22 +97,37 @@ CREATE TRIGGER invalidate_caches AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON
 CREATE TRIGGER invalidate_caches AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON payment.callbacks
     FOR EACH STATEMENT EXECUTE FUNCTION payment.invalidate_payment_caches();
 
--- Status changes: NOTIFY and the registered business logic (src/callbacks).
+-- Changes of a row: NOTIFY and the registered business logic (src/callbacks). A change is a
+-- new row, or a new value of a field that the callbacks' `previous` lists
+-- (src/callbacks/changes.rs names the same fields).
 CREATE FUNCTION payment.on_status_change() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'on_status_change_wrapper';
 
-CREATE TRIGGER status_inserted AFTER INSERT ON payment.payments
+CREATE TRIGGER row_inserted AFTER INSERT ON payment.payments
     FOR EACH ROW EXECUTE FUNCTION payment.on_status_change();
-CREATE TRIGGER status_changed AFTER UPDATE OF status ON payment.payments
-    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION payment.on_status_change();
-CREATE TRIGGER status_inserted AFTER INSERT ON payment.refunds
+CREATE TRIGGER row_changed AFTER UPDATE ON payment.payments
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status
+                       OR OLD.amount_received IS DISTINCT FROM NEW.amount_received
+                       OR OLD.amount_refunded IS DISTINCT FROM NEW.amount_refunded
+                       OR OLD.failure_code IS DISTINCT FROM NEW.failure_code
+                       OR OLD.decline_code IS DISTINCT FROM NEW.decline_code)
+    EXECUTE FUNCTION payment.on_status_change();
+CREATE TRIGGER row_inserted AFTER INSERT ON payment.refunds
     FOR EACH ROW EXECUTE FUNCTION payment.on_status_change();
-CREATE TRIGGER status_changed AFTER UPDATE OF status ON payment.refunds
+CREATE TRIGGER row_changed AFTER UPDATE ON payment.refunds
     FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION payment.on_status_change();
-CREATE TRIGGER status_inserted AFTER INSERT ON payment.recurring_payments
+CREATE TRIGGER row_inserted AFTER INSERT ON payment.recurring_payments
     FOR EACH ROW EXECUTE FUNCTION payment.on_status_change();
-CREATE TRIGGER status_changed AFTER UPDATE OF status ON payment.recurring_payments
-    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION payment.on_status_change();
+CREATE TRIGGER row_changed AFTER UPDATE ON payment.recurring_payments
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status
+                       OR OLD.current_period_start IS DISTINCT FROM NEW.current_period_start
+                       OR OLD.current_period_end IS DISTINCT FROM NEW.current_period_end
+                       OR OLD.cancel_at_period_end IS DISTINCT FROM NEW.cancel_at_period_end
+                       OR OLD.cancel_at IS DISTINCT FROM NEW.cancel_at
+                       OR OLD.canceled_at IS DISTINCT FROM NEW.canceled_at
+                       OR OLD.trial_end IS DISTINCT FROM NEW.trial_end
+                       OR OLD.price_id IS DISTINCT FROM NEW.price_id)
+    EXECUTE FUNCTION payment.on_status_change();
 
 -- The guards of the order link (src/api/link_guards.rs). The row guard is created on the
 -- linked table by link_order_table (and kept by pg_dump with the table): an order that has

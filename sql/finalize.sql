@@ -140,6 +140,8 @@ BEGIN
         payment.publishable_key(),
         payment.create_payment(bigint, text, bigint),
         payment.create_payment_id(bigint, text, bigint),
+        payment.cancel_payment(bigint),
+        payment.cancel_payment_id(bigint),
         payment.start_subscription(bigint, text),
         payment.start_subscription_id(bigint, text),
         payment.to_minor_units(numeric, text),

@@ -59,6 +59,70 @@ UPDATE payment.secrets w SET livemode = k.livemode
          ORDER BY created_at DESC LIMIT 1) k
  WHERE w.kind = 'webhook_secret';
 
+-- Lifecycle. New columns go at the end of their tables (fresh and upgraded row types agree).
+ALTER TABLE payment.payments ADD COLUMN decline_code text;
+ALTER TABLE payment.recurring_payments ADD COLUMN cancel_at timestamptz, ADD COLUMN trial_end timestamptz;
+
+-- NOTIFY numbers every change.
+CREATE SEQUENCE payment.change_seq;
+
+-- A change of a row is a new row or a new value of a field that `previous` lists, not
+-- only a new status: a renewal (the period moves on) or a scheduled cancellation reaches the
+-- callbacks even when the status stays the same.
+DROP TRIGGER status_inserted ON payment.payments;
+DROP TRIGGER status_changed ON payment.payments;
+DROP TRIGGER status_inserted ON payment.refunds;
+DROP TRIGGER status_changed ON payment.refunds;
+DROP TRIGGER status_inserted ON payment.recurring_payments;
+DROP TRIGGER status_changed ON payment.recurring_payments;
+CREATE TRIGGER row_inserted AFTER INSERT ON payment.payments
+    FOR EACH ROW EXECUTE FUNCTION payment.on_status_change();
+CREATE TRIGGER row_changed AFTER UPDATE ON payment.payments
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status
+                       OR OLD.amount_received IS DISTINCT FROM NEW.amount_received
+                       OR OLD.amount_refunded IS DISTINCT FROM NEW.amount_refunded
+                       OR OLD.failure_code IS DISTINCT FROM NEW.failure_code
+                       OR OLD.decline_code IS DISTINCT FROM NEW.decline_code)
+    EXECUTE FUNCTION payment.on_status_change();
+CREATE TRIGGER row_inserted AFTER INSERT ON payment.refunds
+    FOR EACH ROW EXECUTE FUNCTION payment.on_status_change();
+CREATE TRIGGER row_changed AFTER UPDATE ON payment.refunds
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION payment.on_status_change();
+CREATE TRIGGER row_inserted AFTER INSERT ON payment.recurring_payments
+    FOR EACH ROW EXECUTE FUNCTION payment.on_status_change();
+CREATE TRIGGER row_changed AFTER UPDATE ON payment.recurring_payments
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status
+                       OR OLD.current_period_start IS DISTINCT FROM NEW.current_period_start
+                       OR OLD.current_period_end IS DISTINCT FROM NEW.current_period_end
+                       OR OLD.cancel_at_period_end IS DISTINCT FROM NEW.cancel_at_period_end
+                       OR OLD.cancel_at IS DISTINCT FROM NEW.cancel_at
+                       OR OLD.canceled_at IS DISTINCT FROM NEW.canceled_at
+                       OR OLD.trial_end IS DISTINCT FROM NEW.trial_end
+                       OR OLD.price_id IS DISTINCT FROM NEW.price_id)
+    EXECUTE FUNCTION payment.on_status_change();
+
+-- cancel_payment: an unpaid payment's PaymentIntent canceled at Stripe.
+CREATE FUNCTION payment."cancel_payment_id"(
+	"payment_id" bigint /* Option < i64 > */
+) RETURNS bigint /* i64 */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'cancel_payment_id_wrapper';
+CREATE FUNCTION payment.cancel_payment(payment_id bigint)
+RETURNS payment.payments LANGUAGE plpgsql AS $fn$
+DECLARE
+    canceled_id bigint;
+    result payment.payments;
+BEGIN
+    -- Call it once, into a variable: in a WHERE clause a volatile function could run per row.
+    canceled_id := payment.cancel_payment_id(payment_id);
+    SELECT * INTO result FROM payment.payments WHERE id = canceled_id;
+    RETURN result;
+END
+$fn$;
+COMMENT ON FUNCTION payment.cancel_payment(bigint) IS
+    'Cancel the PaymentIntent of a payment that is not paid yet; returns the payment.';
+
 -- The hardening, re-runnable (the same text as sql/finalize.sql).
 CREATE FUNCTION payment.harden() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $harden$
@@ -193,6 +257,8 @@ BEGIN
         payment.publishable_key(),
         payment.create_payment(bigint, text, bigint),
         payment.create_payment_id(bigint, text, bigint),
+        payment.cancel_payment(bigint),
+        payment.cancel_payment_id(bigint),
         payment.start_subscription(bigint, text),
         payment.start_subscription_id(bigint, text),
         payment.to_minor_units(numeric, text),

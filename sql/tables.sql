@@ -78,7 +78,10 @@ CREATE TABLE payment.recurring_payments (
     livemode               boolean NOT NULL DEFAULT false,
     last_event_at          timestamptz,
     created_at             timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    updated_at             timestamptz NOT NULL DEFAULT pg_catalog.now()
+    updated_at             timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- A scheduled cancellation (Stripe's cancel_at) and the end of a trial.
+    cancel_at              timestamptz,
+    trial_end              timestamptz
 ) WITH (fillfactor = 90);
 ALTER SEQUENCE payment.recurring_payments_id_seq OWNED BY payment.recurring_payments.id;
 CREATE INDEX recurring_payments_order_id_idx ON payment.recurring_payments (order_id);
@@ -104,7 +107,9 @@ CREATE TABLE payment.payments (
     livemode                 boolean NOT NULL DEFAULT false,
     last_event_at            timestamptz,
     created_at               timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    updated_at               timestamptz NOT NULL DEFAULT pg_catalog.now()
+    updated_at               timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- The card issuer's reason (insufficient_funds...) beside Stripe's failure_code.
+    decline_code             text
 ) WITH (fillfactor = 90);
 ALTER SEQUENCE payment.payments_id_seq OWNED BY payment.payments.id;
 CREATE INDEX payments_order_id_idx ON payment.payments (order_id);
@@ -144,6 +149,10 @@ CREATE INDEX refunds_payment_id_idx ON payment.refunds (payment_id);
 CREATE TABLE payment.order_locks (
     order_id bigint PRIMARY KEY
 );
+
+-- Numbers every change announced by NOTIFY (src/callbacks): two identical notifications
+-- of one transaction are never merged, and a row's changes are told apart in order.
+CREATE SEQUENCE payment.change_seq;
 
 -- An enum, not a CHECK: every event inserts a row here, and Postgres re-reads a table's
 -- CHECK expressions for each statement that writes it.

@@ -32,6 +32,8 @@ pub enum PaymentError {
     WrongIsolation(String),
     /// A change that would break the order link or lose payment history.
     LinkViolation { message: String, hint: String },
+    /// The payment's (or order's) state does not allow the action: paid, processing...
+    PaymentStateForbids { message: String, hint: String },
     /// Deleting or re-keying an order that has payments.
     OrderHasPayments(String),
     /// An object that does not exist (payment id, handler...).
@@ -73,7 +75,9 @@ impl PaymentError {
             PaymentError::SignatureRejected(_) | PaymentError::ModeMismatch(_) => {
                 ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION
             }
-            PaymentError::NotConfigured { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            PaymentError::NotConfigured { .. } | PaymentError::PaymentStateForbids { .. } => {
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
             PaymentError::PermissionDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             PaymentError::WrongIsolation(_) => ERRCODE_ACTIVE_SQL_TRANSACTION,
             PaymentError::LinkViolation { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
@@ -92,6 +96,7 @@ impl PaymentError {
             | PaymentError::SignatureRejected(message)
             | PaymentError::ModeMismatch(message)
             | PaymentError::NotConfigured { message, .. }
+            | PaymentError::PaymentStateForbids { message, .. }
             | PaymentError::PermissionDenied { message, .. }
             | PaymentError::WrongIsolation(message)
             | PaymentError::LinkViolation { message, .. }
@@ -107,6 +112,7 @@ impl PaymentError {
             PaymentError::InvalidParameter { hint, .. }
             | PaymentError::PermissionDenied { hint, .. } => hint.clone(),
             PaymentError::NotConfigured { hint, .. }
+            | PaymentError::PaymentStateForbids { hint, .. }
             | PaymentError::LinkViolation { hint, .. }
             | PaymentError::Stripe { hint, .. } => Some(hint.clone()),
             PaymentError::SignatureRejected(_) => Some(

@@ -7,6 +7,7 @@ use crate::error::{OrRaise, PaymentError, Result};
 use crate::money;
 use crate::store::{self, first_value, orders, BOOL, INT8, TEXT};
 use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
 use pgrx::AnyNumeric;
 use rust_decimal::Decimal;
 use std::str::FromStr;
@@ -19,6 +20,66 @@ const INSERT_PAYMENT: &str = "\
                                   client_secret, livemode) \
     VALUES ($1, $2, $3, 'pending', $4, $5, $6) RETURNING id";
 
+/// The order's one-time payments that decide what `create_payment` does (DESIGN.md: one
+/// order, one live PaymentIntent): is any of them paid or being paid, and the newest that
+/// can still be paid. A subscription's invoice payments do not count.
+const ORDER_PAYMENTS: &str = "\
+    SELECT pg_catalog.bool_or(status IN ('processing', 'succeeded', 'partially_refunded', 'refunded')), \
+           (pg_catalog.array_agg(id ORDER BY id DESC) \
+              FILTER (WHERE status IN ('pending', 'requires_action', 'failed')))[1] \
+      FROM payment.payments WHERE order_id = $1 AND recurring_payment_id IS NULL";
+const PAYMENT: &str = "\
+    SELECT order_id, status, amount, currency, stripe_payment_intent_id, recurring_payment_id \
+      FROM payment.payments WHERE id = $1";
+const MARK_CANCELED: &str = "\
+    UPDATE payment.payments SET status = 'canceled', updated_at = pg_catalog.now() \
+     WHERE id = $1 AND status <> 'canceled'";
+
+/// A payment as the actions on it need it.
+struct PaymentRow {
+    id: i64,
+    order_id: i64,
+    status: String,
+    amount: i64,
+    currency: String,
+    payment_intent: Option<String>,
+    recurring: bool,
+}
+
+fn payment_row(client: &SpiClient<'_>, id: i64) -> Result<Option<PaymentRow>> {
+    let stmt = store::plan(client, PAYMENT, &[INT8])?;
+    let mut rows = client.select(stmt, Some(1), &[id.into()])?;
+    let Some(row) = rows.next() else {
+        return Ok(None);
+    };
+    Ok(Some(PaymentRow {
+        id,
+        order_id: store::required(row.get(1)?, "payments.order_id")?,
+        status: store::required(row.get(2)?, "payments.status")?,
+        amount: store::required(row.get(3)?, "payments.amount")?,
+        currency: store::required(row.get(4)?, "payments.currency")?,
+        payment_intent: row.get(5)?,
+        recurring: row.get::<i64>(6)?.is_some(),
+    }))
+}
+
+/// Cancel the PaymentIntent of an unpaid payment at Stripe, then the row (its callback and
+/// NOTIFY follow). The key is the PaymentIntent's: canceling twice is one cancellation.
+fn cancel_at_stripe(payment: &PaymentRow) -> Result<()> {
+    if let Some(intent) = payment.payment_intent.as_deref() {
+        let installation = store::installation_id()?;
+        let key = idempotency_key(&installation, "cancel", &[intent], 0);
+        stripe_call::call(|client, hooks| client.cancel_payment_intent(intent, &key, hooks))?;
+    }
+    while_writing(Writer::default(), || {
+        Spi::connect_mut(|client| -> Result<()> {
+            let stmt = store::plan(client, MARK_CANCELED, &[INT8])?;
+            client.update(stmt, None, &[payment.id.into()])?;
+            Ok(())
+        })
+    })
+}
+
 fn create(order_id: i64, currency: &str, amount: i64) -> Result<i64> {
     if amount <= 0 {
         return Err(PaymentError::invalid(format!(
@@ -28,7 +89,7 @@ fn create(order_id: i64, currency: &str, amount: i64) -> Result<i64> {
     let currency = money::normalize_currency(currency)?;
     let installation = store::installation_id()?;
     let keys = stripe_call::keys()?;
-    let (attempt, _order) = Spi::connect_mut(|client| -> Result<(i64, orders::Order)> {
+    Spi::connect_mut(|client| -> Result<()> {
         let link = orders::require_link(client)?;
         let order = orders::lock_order(client, &link, order_id)?;
         if let Some(order_currency) = &order.currency {
@@ -43,6 +104,40 @@ fn create(order_id: i64, currency: &str, amount: i64) -> Result<i64> {
             PaymentError::invalid(format!("order {order_id} has a price that is not a number"))
         })?;
         money::check_charge_matches_order(price, &currency, amount)?;
+        Ok(())
+    })?;
+
+    // One order, one live PaymentIntent: a double click or a reloaded checkout page gets
+    // the open payment back; a paid order is refused before Stripe is called.
+    let open = Spi::connect(|client| -> Result<Option<PaymentRow>> {
+        let stmt = store::plan(client, ORDER_PAYMENTS, &[INT8])?;
+        let mut rows = client.select(stmt, Some(1), &[order_id.into()])?;
+        let (paid, open) = match rows.next() {
+            Some(row) => (row.get::<bool>(1)?.unwrap_or(false), row.get::<i64>(2)?),
+            None => (false, None),
+        };
+        if paid {
+            return Err(PaymentError::PaymentStateForbids {
+                message: format!("order {order_id} is already paid, or its payment is processing"),
+                hint:
+                    "A paid order is not charged again: refund its payment, or create a new order."
+                        .into(),
+            });
+        }
+        match open {
+            Some(id) => payment_row(client, id),
+            None => Ok(None),
+        }
+    })?;
+    if let Some(open) = open {
+        if open.amount == amount && open.currency == currency {
+            return Ok(open.id);
+        }
+        // The amount or currency changed: the old PaymentIntent must not stay payable.
+        cancel_at_stripe(&open)?;
+    }
+
+    let attempt = Spi::connect_mut(|client| -> Result<i64> {
         let stmt = store::plan(client, EARLIER_ATTEMPTS, &[INT8, INT8, TEXT])?;
         let attempt = first_value::<i64>(client.update(
             stmt,
@@ -50,7 +145,7 @@ fn create(order_id: i64, currency: &str, amount: i64) -> Result<i64> {
             &[order_id.into(), amount.into(), currency.as_str().into()],
         )?)?
         .unwrap_or(0);
-        Ok((attempt, order))
+        Ok(attempt)
     })?;
 
     // The key says what the call means: a rolled-back transaction that runs again sends the
@@ -99,6 +194,43 @@ fn create(order_id: i64, currency: &str, amount: i64) -> Result<i64> {
             .ok_or_else(|| PaymentError::invalid("the payment row was not created"))
         })
     })
+}
+
+fn cancel(payment_id: i64) -> Result<i64> {
+    let payment = Spi::connect(|client| payment_row(client, payment_id))?
+        .ok_or_else(|| PaymentError::NotFound(format!("payment {payment_id} does not exist")))?;
+    // Serialised with create_payment on the same order.
+    Spi::connect_mut(|client| orders::take_order_lock(client, payment.order_id))?;
+    let payment = Spi::connect(|client| payment_row(client, payment_id))?
+        .ok_or_else(|| PaymentError::NotFound(format!("payment {payment_id} does not exist")))?;
+    if payment.recurring {
+        return Err(PaymentError::PaymentStateForbids {
+            message: format!("payment {payment_id} is a subscription's invoice payment"),
+            hint: "Cancel the subscription with payment.cancel_subscription() instead.".into(),
+        });
+    }
+    match payment.status.as_str() {
+        "canceled" => Ok(payment_id),
+        "pending" | "requires_action" | "failed" => {
+            cancel_at_stripe(&payment)?;
+            Ok(payment_id)
+        }
+        other => Err(PaymentError::PaymentStateForbids {
+            message: format!("payment {payment_id} is {other} and cannot be canceled"),
+            hint: "Only a payment that is not paid yet can be canceled; refund a paid one.".into(),
+        }),
+    }
+}
+
+/// Internal: cancel an unpaid payment; `payment.cancel_payment` (sql/api.sql) returns the row.
+#[pg_extern(
+    schema = "payment",
+    name = "cancel_payment_id",
+    volatile,
+    parallel_unsafe
+)]
+fn cancel_payment_id(payment_id: Option<i64>) -> i64 {
+    entry(|| cancel(payment_id.ok_or(PaymentError::NullArgument("payment_id"))?))
 }
 
 /// Internal: create the payment and its PaymentIntent; `payment.create_payment` (sql/api.sql)

@@ -82,6 +82,23 @@ fn check_price_fits_order(price: &Price, order: &orders::Order, order_id: i64) -
     }
 }
 
+const LIVE_SUBSCRIPTION: &str = "\
+    SELECT id, status, price_id FROM payment.recurring_payments \
+     WHERE order_id = $1 AND status NOT IN ('canceled', 'incomplete_expired') \
+     ORDER BY id DESC LIMIT 1";
+
+/// What the order's own rows say before Stripe is called.
+enum Prepared {
+    /// The order's incomplete subscription for this price: returned as it is.
+    Existing(i64),
+    New {
+        order: orders::Order,
+        user: String,
+        attempt: i64,
+        customer: Option<String>,
+    },
+}
+
 fn start(order_id: i64, price_id: &str) -> Result<i64> {
     if !price_id.starts_with("price_") && !price_id.starts_with("plan_") {
         return Err(PaymentError::invalid_with_hint(
@@ -91,9 +108,38 @@ fn start(order_id: i64, price_id: &str) -> Result<i64> {
     }
     let installation = store::installation_id()?;
     let keys = stripe_call::keys()?;
-    let (order, user, attempt, customer) = Spi::connect_mut(|client| -> Result<_> {
+    let prepared = Spi::connect_mut(|client| -> Result<Prepared> {
         let link = orders::require_link(client)?;
         let order = orders::lock_order(client, &link, order_id)?;
+        // One live subscription per order (DESIGN.md): a second call while the first is
+        // incomplete (the customer has not paid yet) gets it back.
+        let stmt = store::plan(client, LIVE_SUBSCRIPTION, &[INT8])?;
+        let mut rows = client.select(stmt, Some(1), &[order_id.into()])?;
+        if let Some(row) = rows.next() {
+            let id: i64 = store::required(row.get(1)?, "recurring_payments.id")?;
+            let status: String = store::required(row.get(2)?, "recurring_payments.status")?;
+            let price: Option<String> = row.get(3)?;
+            return match (status.as_str(), price.as_deref() == Some(price_id)) {
+                ("incomplete", true) => Ok(Prepared::Existing(id)),
+                ("incomplete", false) => Err(PaymentError::PaymentStateForbids {
+                    message: format!(
+                        "order {order_id} has an incomplete subscription with price {}",
+                        price.as_deref().unwrap_or("unknown")
+                    ),
+                    hint: "An admin cancels it with payment.cancel_subscription() before another \
+                           price is started."
+                        .into(),
+                }),
+                (status, _) => Err(PaymentError::PaymentStateForbids {
+                    message: format!(
+                        "order {order_id} already has a subscription, which is {status}"
+                    ),
+                    hint: "One order, one subscription: cancel it first, or start the new one \
+                           for a new order."
+                        .into(),
+                }),
+            };
+        }
         let user = order.user.clone().ok_or_else(|| {
             PaymentError::invalid(format!(
                 "order {order_id} has no user: subscriptions need a customer"
@@ -112,8 +158,22 @@ fn start(order_id: i64, price_id: &str) -> Result<i64> {
             &[order_id.into(), price_id.into()],
         )?)?
         .unwrap_or(0);
-        Ok((order, user, attempt, customer))
+        Ok(Prepared::New {
+            order,
+            user,
+            attempt,
+            customer,
+        })
     })?;
+    let (order, user, attempt, customer) = match prepared {
+        Prepared::Existing(id) => return Ok(id),
+        Prepared::New {
+            order,
+            user,
+            attempt,
+            customer,
+        } => (order, user, attempt, customer),
+    };
     // The client chooses the price id: a cheap Price must not pay for a dear order.
     let price = stripe_call::call(|client, hooks| client.retrieve_price(price_id, hooks))?;
     check_price_fits_order(&price, &order, order_id)?;

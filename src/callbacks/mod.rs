@@ -1,8 +1,10 @@
-//! The four system callbacks: the triggers on the payment tables that announce each status
-//! change (NOTIFY) and run the business logic registered with `payment.add_callback`.
+//! The four system callbacks: the triggers on the payment tables that announce each change
+//! of a row (NOTIFY) and run the business logic registered with `payment.add_callback`.
 //!
 //! The triggers act only on changes the extension itself makes (an event being applied, or
 //! an API call): a `pg_dump` restore, or a row an owner inserts by hand, fires nothing.
+
+mod changes;
 
 use crate::error::{PaymentError, Result};
 use crate::gucs;
@@ -70,13 +72,15 @@ fn announce(trigger: &pgrx::PgTrigger<'_>) -> Result<()> {
     let new = trigger
         .new()
         .ok_or_else(|| PaymentError::Internal("status trigger without a new row".into()))?;
-    let id: i64 = get_i64(&new, "id")?.unwrap_or_default();
-    let status: String = get_text(&new, "status")?.unwrap_or_default();
-    let previous_status: Option<String> = match trigger.old() {
-        Some(old) => get_text(&old, "status")?,
+    let id: i64 = store::required(get_i64(&new, "id")?, "id")?;
+    let status: String = store::required(get_text(&new, "status")?, "status")?;
+    let old = trigger.old();
+    let previous_status: Option<String> = match &old {
+        Some(old) => get_text(old, "status")?,
         None => None,
     };
-    let inserted = previous_status.is_none() && trigger.old().is_none();
+    let inserted = old.is_none();
+    let (previous, flag) = changes::previous(&table, old.as_ref(), &new)?;
     let order_id: Option<i64> = if table == "refunds" {
         let payment_id: i64 = get_i64(&new, "payment_id")?.unwrap_or_default();
         order_of_payment(payment_id)?
@@ -86,7 +90,7 @@ fn announce(trigger: &pgrx::PgTrigger<'_>) -> Result<()> {
     let renewal =
         table == "payments" && inserted && get_i64(&new, "recurring_payment_id")?.is_some();
 
-    notify(&table, id, order_id, &status)?;
+    notify(&table, id, order_id, &status, flag)?;
 
     let kind = callback_kind(&table, renewal);
     let handlers = handlers_for(kind)?;
@@ -103,8 +107,13 @@ fn announce(trigger: &pgrx::PgTrigger<'_>) -> Result<()> {
         "order_id": order_id,
         "status": status,
         "previous_status": previous_status,
+        "previous": previous,
         "row": row,
     });
+    let mut callback = callback;
+    if let Some(flag) = flag {
+        callback["flag"] = flag.into();
+    }
     for handler in handlers {
         run_handler(&handler, kind, &callback)?;
     }
@@ -128,10 +137,28 @@ extern "C-unwind" {
     fn Async_Notify(channel: *const std::ffi::c_char, payload: *const std::ffi::c_char);
 }
 
-/// NOTIFY with no amounts, customers or secrets: any role may LISTEN.
-fn notify(table: &str, id: i64, order_id: Option<i64>, status: &str) -> Result<()> {
-    let payload =
-        json!({"table": table, "id": id, "order_id": order_id, "status": status}).to_string();
+const NEXT_CHANGE: &str = "SELECT pg_catalog.nextval('payment.change_seq')";
+
+/// NOTIFY with no amounts, customers or secrets: any role may LISTEN. `seq` numbers the
+/// change, so that Postgres never merges two identical notifications of one transaction,
+/// and a row's notifications can be told apart in order.
+fn notify(
+    table: &str,
+    id: i64,
+    order_id: Option<i64>,
+    status: &str,
+    flag: Option<&str>,
+) -> Result<()> {
+    let seq = Spi::connect_mut(|client| -> Result<Option<i64>> {
+        let stmt = store::plan(client, NEXT_CHANGE, &[])?;
+        store::first_value::<i64>(client.update(stmt, Some(1), &[])?)
+    })?;
+    let mut payload =
+        json!({"table": table, "id": id, "order_id": order_id, "status": status, "seq": seq});
+    if let Some(flag) = flag {
+        payload["flag"] = flag.into();
+    }
+    let payload = payload.to_string();
     let payload = CString::new(payload)
         .map_err(|_| PaymentError::Internal("NOTIFY payload has a NUL".into()))?;
     // The GUC's check hook keeps the channel a valid, NUL-free name.

@@ -150,6 +150,24 @@ impl Client {
         }
     }
 
+    /// `POST /v1/payment_intents/{id}/cancel`: a PaymentIntent that will not be paid.
+    pub fn cancel_payment_intent(
+        &self,
+        payment_intent: &str,
+        idempotency_key: &str,
+        hooks: Hooks<'_>,
+    ) -> Result<PaymentIntent, StripeError> {
+        check_id("payment_intent", payment_intent)?;
+        let path = format!("/v1/payment_intents/{payment_intent}/cancel");
+        self.request(
+            Method::Post,
+            &path,
+            &Form::new(),
+            Some(idempotency_key),
+            hooks,
+        )
+    }
+
     /// `GET /v1/payment_intents/{id}`, to learn what a call that was cut off
     /// actually did.
     pub fn retrieve_payment_intent(

@@ -268,6 +268,11 @@ pub struct Subscription {
     pub current_period_end: Option<i64>,
     #[serde(default)]
     pub canceled_at: Option<i64>,
+    /// A scheduled cancellation (the customer portal's "cancel on date").
+    #[serde(default)]
+    pub cancel_at: Option<i64>,
+    #[serde(default)]
+    pub trial_end: Option<i64>,
     #[serde(default)]
     pub items: Option<List<SubscriptionItem>>,
     #[serde(default)]

@@ -105,6 +105,10 @@ class Cluster:
                 stopped = False
             if not stopped:
                 self._kill_postmaster()
+        # For a post-mortem: PG_PAYMENT_KEEP_LOG=path keeps the server log of the run.
+        keep = os.environ.get("PG_PAYMENT_KEEP_LOG")
+        if keep and self.log_path.exists():
+            shutil.copy(self.log_path, keep)
         shutil.rmtree(self.base, ignore_errors=True)
 
     def _kill_postmaster(self):

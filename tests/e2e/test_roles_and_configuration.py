@@ -110,13 +110,14 @@ ADMIN_ONLY_FUNCTIONS = [
 ]
 # The *_id helpers are what the SQL wrappers of the same name call as the caller.
 APP_FUNCTIONS = [
+    "cancel_payment(bigint)", "cancel_payment_id(bigint)",
     "create_payment(bigint,text,bigint)", "create_payment_id(bigint,text,bigint)",
     "from_minor_units(bigint,text)", "publishable_key()", "start_subscription(bigint,text)",
     "start_subscription_id(bigint,text)", "to_minor_units(numeric,text)",
 ]
 ALL_TABLES = ["api_requests", "callbacks", "charges", "customers", "events", "installation", "order_link",
               "order_locks", "payments", "recurring_payments", "refunds", "secrets"]
-SEQUENCES = ["api_requests_id_seq", "payments_id_seq", "recurring_payments_id_seq", "refunds_id_seq",
+SEQUENCES = ["api_requests_id_seq", "change_seq", "payments_id_seq", "recurring_payments_id_seq", "refunds_id_seq",
              "secrets_id_seq"]
 READABLE_TABLES = ["api_requests", "callbacks", "events", "order_link", "payments", "recurring_payments", "refunds"]
 EXPECTED_GRANTS = sorted(

@@ -143,12 +143,17 @@ def test_a_rolled_back_call_replays_to_the_same_payment_intent(api, fake):
     assert api.value("SELECT count(*) FROM payment.payments") == 1
 
 
-def test_a_second_attempt_after_a_failed_payment_gets_a_new_payment_intent(api, fake):
+def test_a_second_attempt_after_a_failed_payment_reuses_its_payment_intent(api, fake):
+    """After a decline a PaymentIntent goes back to requires_payment_method and the customer
+    retries it (Stripe: one PaymentIntent per order): the same row, no new one at Stripe."""
     oid = api.order(price="10.00")
     first = create_payment(api, oid, "usd", 1000)
     api.deliver(ev.pi_event("payment_intent.payment_failed", first["stripe_payment_intent_id"]))
+    assert api.payment_row(first["id"])["status"] == "failed"
     second = create_payment(api, oid, "usd", 1000)
-    assert second["stripe_payment_intent_id"] != first["stripe_payment_intent_id"]
+    assert (second["id"], second["stripe_payment_intent_id"], second["client_secret"]) == (
+        first["id"], first["stripe_payment_intent_id"], first["client_secret"])
+    assert len(fake.requests("/v1/payment_intents", method="POST")) == 1
 
 
 def test_network_errors_409_and_5xx_are_retried_with_the_same_key(api, fake):

@@ -15,7 +15,8 @@ const LOCK_PAYMENT_BY_INTENT: &str = "\
 const MOVE_PAYMENT: &str = "\
     UPDATE payment.payments SET status = $2, amount_received = COALESCE($3, amount_received), \
            stripe_charge_id = COALESCE($4, stripe_charge_id), failure_code = $5, failure_message = $6, \
-           last_event_at = GREATEST(last_event_at, pg_catalog.to_timestamp($7)), updated_at = pg_catalog.now() \
+           last_event_at = GREATEST(last_event_at, pg_catalog.to_timestamp($7)), updated_at = pg_catalog.now(), \
+           decline_code = $8 \
      WHERE id = $1";
 
 const FLAG_AMOUNT_MISMATCH: &str = "\
@@ -73,10 +74,13 @@ pub fn apply_payment_intent(envelope: &Envelope<'_>, target: PaymentStatus) -> R
             return Ok(Outcome::Applied);
         }
 
-        let (status, amount_received, failure_code, failure_message) = match target {
+        // Stripe's error code (card_declined) and, apart, the issuer's reason
+        // (insufficient_funds), which the code alone hides.
+        let (status, amount_received, failure_code, failure_message, decline_code) = match target {
             PaymentStatus::Succeeded => (
                 paid_status(received, amount_refunded),
                 Some(received),
+                None,
                 None,
                 None,
             ),
@@ -87,14 +91,15 @@ pub fn apply_payment_intent(envelope: &Envelope<'_>, target: PaymentStatus) -> R
                     None,
                     error.and_then(|e| e.code.clone().or(e.decline_code.clone())),
                     error.and_then(|e| e.message.clone()),
+                    error.and_then(|e| e.decline_code.clone()),
                 )
             }
-            other => (other, None, None, None),
+            other => (other, None, None, None, None),
         };
         let update = store::plan(
             client,
             MOVE_PAYMENT,
-            &[INT8, TEXT, INT8, TEXT, TEXT, TEXT, INT8],
+            &[INT8, TEXT, INT8, TEXT, TEXT, TEXT, INT8, TEXT],
         )?;
         client.update(
             update,
@@ -107,6 +112,7 @@ pub fn apply_payment_intent(envelope: &Envelope<'_>, target: PaymentStatus) -> R
                 failure_code.into(),
                 failure_message.into(),
                 envelope.created.into(),
+                decline_code.into(),
             ],
         )?;
         Ok(Outcome::Applied)

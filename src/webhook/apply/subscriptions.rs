@@ -18,7 +18,8 @@ const MOVE_RECURRING: &str = "\
            current_period_end = COALESCE(pg_catalog.to_timestamp($5), current_period_end), \
            canceled_at = pg_catalog.to_timestamp($6), \
            stripe_customer_id = COALESCE($7, stripe_customer_id), price_id = COALESCE($8, price_id), \
-           last_event_at = GREATEST(last_event_at, pg_catalog.to_timestamp($9)), updated_at = pg_catalog.now() \
+           last_event_at = GREATEST(last_event_at, pg_catalog.to_timestamp($9)), updated_at = pg_catalog.now(), \
+           cancel_at = pg_catalog.to_timestamp($10), trial_end = pg_catalog.to_timestamp($11) \
      WHERE id = $1";
 const MARK_PAST_DUE: &str = "\
     UPDATE payment.recurring_payments SET status = 'past_due', \
@@ -84,7 +85,9 @@ pub fn apply_subscription(envelope: &Envelope<'_>) -> Result<Outcome> {
         let stmt = store::plan(
             client,
             MOVE_RECURRING,
-            &[INT8, TEXT, BOOL, INT8, INT8, INT8, TEXT, TEXT, INT8],
+            &[
+                INT8, TEXT, BOOL, INT8, INT8, INT8, TEXT, TEXT, INT8, INT8, INT8,
+            ],
         )?;
         client.update(
             stmt,
@@ -99,6 +102,8 @@ pub fn apply_subscription(envelope: &Envelope<'_>) -> Result<Outcome> {
                 subscription.customer.as_ref().map(|c| c.id()).into(),
                 subscription.price_id().into(),
                 envelope.created.into(),
+                subscription.cancel_at.into(),
+                subscription.trial_end.into(),
             ],
         )?;
         Ok(Outcome::Applied)
@@ -161,9 +166,14 @@ pub fn apply_invoice_paid(envelope: &Envelope<'_>) -> Result<Outcome> {
 }
 
 /// A failed renewal makes an active subscription past due; Stripe's own subscription
-/// events say where it goes from there.
+/// events say where it goes from there. Only a renewal's (`subscription_cycle`) invoice: a
+/// failed proration or update invoice leaves the subscription active at Stripe (the update
+/// waits in `pending_update`), so it must not cut access here either.
 pub fn apply_invoice_payment_failed(envelope: &Envelope<'_>) -> Result<Outcome> {
     let invoice: Invoice = object(envelope)?;
+    if invoice.billing_reason.as_deref() != Some("subscription_cycle") {
+        return Ok(Outcome::Applied);
+    }
     let Some(subscription_id) = invoice.subscription_id() else {
         return Ok(Outcome::Ignored);
     };

@@ -1,0 +1,236 @@
+"""Money across the lifecycle: one live PaymentIntent per order, one live subscription per
+order, cancel_payment, and every change of a row (not only of its status) reaching the
+callbacks and NOTIFY with the old values in `previous`."""
+
+import json
+import threading
+
+import psycopg
+import pytest
+
+import stripe_events as ev
+from e2e_helpers import APP, point_at
+
+MONTH = 30 * 24 * 3600
+
+
+@pytest.fixture
+def api(shop, fake):
+    point_at(shop, fake.url)
+    return shop
+
+
+def create_payment(shop, order_id, currency="usd", amount=1000, conn=None):
+    return shop.row("SELECT * FROM payment.create_payment(%s, %s, %s)", (order_id, currency, amount), conn=conn)
+
+
+def sqlstate_of(fn, *args, **kw):
+    with pytest.raises(psycopg.Error) as info:
+        fn(*args, **kw)
+    return info.value.sqlstate
+
+
+def intents_created(fake):
+    return fake.requests("/v1/payment_intents", method="POST")
+
+
+def cancels(fake):
+    return [r for r in fake.requests(method="POST") if r["path"].endswith("/cancel")]
+
+
+def listen(shop):
+    c = shop.connect()
+    c.execute('LISTEN "pg_payment"')
+    return c
+
+
+def heard(conn, timeout=1.0):
+    return [json.loads(n.payload) for n in conn.notifies(timeout=timeout)]
+
+
+# --------------------------------------------------------------------------
+# One order, one live PaymentIntent
+
+
+def test_a_double_click_on_two_connections_gets_one_payment_intent(api, fake):
+    oid = api.order(price="10.00")
+    results, errors = [], []
+
+    def click():
+        conn = api.connect()
+        try:
+            results.append(create_payment(api, oid, conn=conn))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=click) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert len({r["id"] for r in results}) == 1
+    assert len({r["client_secret"] for r in results}) == 1
+    assert len(intents_created(fake)) == 1
+    assert api.value("SELECT count(*) FROM payment.payments WHERE order_id = %s", (oid,)) == 1
+
+
+def test_a_paid_order_is_refused_before_stripe_is_called(api, fake):
+    oid = api.order(price="10.00")
+    row = create_payment(api, oid)
+    api.deliver(ev.pi_event("payment_intent.succeeded", row["stripe_payment_intent_id"]))
+    before = len(fake.requests())
+    assert sqlstate_of(create_payment, api, oid) == "55000"
+    assert len(fake.requests()) == before
+
+
+def test_a_changed_amount_cancels_the_old_payment_intent_first(api, fake):
+    oid = api.order(price="10.00")
+    first = create_payment(api, oid, amount=1000)
+    api.conn.execute("UPDATE public.orders SET price = 12.50 WHERE id = %s", (oid,))
+    second = create_payment(api, oid, amount=1250)
+    assert second["id"] != first["id"]
+    assert [r["path"] for r in cancels(fake)] == [f"/v1/payment_intents/{first['stripe_payment_intent_id']}/cancel"]
+    assert api.payment_row(first["id"])["status"] == "canceled"
+    assert fake.requests("/v1/payment_intents", method="POST")[-1]["form"]["amount"] == "1250"
+
+
+def test_cancel_payment_cancels_an_unpaid_payment_and_refuses_a_paid_one(api, fake):
+    api.add_logging_callback("payment")
+    oid = api.order(price="10.00")
+    app = api.connect(APP)
+    row = create_payment(api, oid, conn=app)
+    canceled = api.row("SELECT * FROM payment.cancel_payment(%s)", (row["id"],), conn=app)
+    assert canceled["status"] == "canceled"
+    assert len(cancels(fake)) == 1
+    assert [c["cb"]["status"] for c in api.callback_log("payment")][-1] == "canceled"
+    # A canceled payment is returned as it is; no second call to Stripe.
+    again = api.row("SELECT * FROM payment.cancel_payment(%s)", (row["id"],), conn=app)
+    assert again["status"] == "canceled" and len(cancels(fake)) == 1
+    # The order can be paid with a new PaymentIntent.
+    fresh = create_payment(api, oid)
+    assert fresh["id"] != row["id"]
+    api.deliver(ev.pi_event("payment_intent.succeeded", fresh["stripe_payment_intent_id"]))
+    assert sqlstate_of(api.row, "SELECT * FROM payment.cancel_payment(%s)", (fresh["id"],)) == "55000"
+    assert sqlstate_of(api.row, "SELECT * FROM payment.cancel_payment(%s)", (999999,)) == "P0002"
+
+
+# --------------------------------------------------------------------------
+# One order, one live subscription
+
+
+def test_start_subscription_twice_returns_the_incomplete_one(api, fake):
+    oid = api.order(price="10.00", user_id="sub_user")
+    first = api.row("SELECT * FROM payment.start_subscription(%s, 'price_monthly')", (oid,))
+    second = api.row("SELECT * FROM payment.start_subscription(%s, 'price_monthly')", (oid,))
+    assert second["id"] == first["id"]
+    assert len(fake.requests("/v1/subscriptions", method="POST")) == 1
+    # Another price while it is incomplete: an admin cancels it first.
+    fake._control("POST", "/__control/prices", {"id": "price_other", "unit_amount": 1000, "currency": "usd"})
+    assert sqlstate_of(api.row, "SELECT * FROM payment.start_subscription(%s, 'price_other')", (oid,)) == "55000"
+    # An active subscription is refused outright.
+    api.conn.execute("UPDATE payment.recurring_payments SET status = 'active' WHERE id = %s", (first["id"],))
+    assert sqlstate_of(api.row, "SELECT * FROM payment.start_subscription(%s, 'price_monthly')", (oid,)) == "55000"
+    assert len(fake.requests("/v1/subscriptions", method="POST")) == 1
+
+
+# --------------------------------------------------------------------------
+# Every change reaches the callbacks and NOTIFY
+
+
+def test_a_renewal_with_the_same_status_reaches_the_callback_with_the_new_period(shop):
+    shop.add_logging_callback("recurring_management")
+    s = shop.subscription(status="active")
+    start = ev.now() - 2 * MONTH
+    first = ev.subscription_event("customer.subscription.updated", s.sub, customer=s.customer,
+                                  price_id=s.price_id, period_start=start, created=ev.now() - 120)
+    assert shop.deliver(first)["outcome"] == "applied"
+    listener = listen(shop)
+    logged = len(shop.callback_log("recurring_management"))
+    renewed = ev.subscription_event("customer.subscription.updated", s.sub, customer=s.customer,
+                                    price_id=s.price_id, period_start=start + MONTH, created=ev.now() - 60)
+    assert shop.deliver(renewed)["outcome"] == "applied"
+    calls = shop.callback_log("recurring_management")[logged:]
+    assert len(calls) == 1
+    cb = calls[0]["cb"]
+    assert cb["status"] == cb["previous_status"] == "active"
+    assert set(cb["previous"]) == {"current_period_start", "current_period_end"}
+    row = shop.recurring_row(s.id)
+    assert cb["row"]["current_period_end"] == shop.value("SELECT to_jsonb(%s::timestamptz)",
+                                                          (row["current_period_end"],))
+    assert cb["previous"]["current_period_end"] != cb["row"]["current_period_end"]
+    notes = [n for n in heard(listener) if n["table"] == "recurring_payments" and n["id"] == s.id]
+    assert len(notes) == 1 and notes[0]["status"] == "active" and isinstance(notes[0]["seq"], int)
+
+
+def test_a_scheduled_cancellation_reaches_the_callback_and_is_stored(shop):
+    shop.add_logging_callback("recurring_management")
+    s = shop.subscription(status="active")
+    evt = ev.subscription_event("customer.subscription.updated", s.sub, customer=s.customer,
+                                price_id=s.price_id, created=ev.now() - 60)
+    cancel_at = ev.now() + 10 * 24 * 3600
+    evt["data"]["object"].update(cancel_at=cancel_at, trial_end=ev.now() - 3600)
+    assert shop.deliver(evt)["outcome"] == "applied"
+    later = ev.subscription_event("customer.subscription.updated", s.sub, customer=s.customer,
+                                  price_id=s.price_id, cancel_at_period_end=True, created=ev.now() - 30)
+    later["data"]["object"].update(period_start=None)
+    logged = len(shop.callback_log("recurring_management"))
+    assert shop.deliver(later)["outcome"] == "applied"
+    row = shop.recurring_row(s.id)
+    assert row["cancel_at_period_end"] is True
+    cb = shop.callback_log("recurring_management")[logged]["cb"]
+    assert cb["previous"]["cancel_at_period_end"] is False
+    assert shop.value("SELECT cancel_at IS NOT NULL FROM payment.recurring_payments WHERE id = %s", (s.id,))
+
+
+def test_an_amount_mismatch_is_passed_to_the_callback_and_notify_with_its_flag(shop):
+    shop.add_logging_callback("payment")
+    p = shop.payment(amount=1000)
+    listener = listen(shop)
+    assert shop.deliver(ev.pi_event("payment_intent.succeeded", p.pi, amount=900))["outcome"] == "applied"
+    row = shop.payment_row(p.id)
+    assert row["status"] == "pending" and row["failure_code"] == "amount_mismatch"
+    cb = shop.callback_log("payment")[-1]["cb"]
+    assert cb["flag"] == "amount_mismatch" and cb["status"] == "pending"
+    assert cb["previous"]["amount_received"] == 0
+    notes = [n for n in heard(listener) if n["table"] == "payments" and n["id"] == p.id]
+    assert [n.get("flag") for n in notes] == ["amount_mismatch"]
+
+
+def test_two_identical_changes_in_one_transaction_are_two_notifications(shop):
+    p = shop.payment()
+    listener = listen(shop)
+    conn = shop.connect(autocommit=False)
+    base = ev.now() - 60
+    for step, status in enumerate(("processing", "requires_action", "processing")):
+        body = ev.payload(ev.pi_event(f"payment_intent.{status}", p.pi, created=base + step))
+        conn.execute("SELECT payment.process_stripe_event(%s, %s)", (body, ev.sign(body)))
+    conn.commit()
+    notes = [n for n in heard(listener) if n["table"] == "payments" and n["id"] == p.id]
+    assert [n["status"] for n in notes] == ["processing", "requires_action", "processing"]
+    seqs = [n["seq"] for n in notes]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+
+
+def test_a_decline_keeps_the_issuers_reason_beside_stripes_code(shop):
+    p = shop.payment()
+    shop.deliver(ev.pi_event("payment_intent.payment_failed", p.pi))
+    row = shop.payment_row(p.id)
+    assert (row["status"], row["failure_code"], row["decline_code"]) == (
+        "failed", "card_declined", "insufficient_funds")
+
+
+# --------------------------------------------------------------------------
+# A failed proration invoice does not cut access
+
+
+@pytest.mark.parametrize("billing_reason,status", [
+    ("subscription_update", "active"),
+    ("subscription_cycle", "past_due"),
+])
+def test_only_a_failed_renewal_invoice_makes_the_subscription_past_due(shop, billing_reason, status):
+    s = shop.subscription(status="active")
+    evt = ev.invoice_event("invoice.payment_failed", ev.stripe_id("in"), sub_id=s.sub, customer=s.customer,
+                           price_id=s.price_id, billing_reason=billing_reason)
+    assert shop.deliver(evt)["outcome"] == "applied"
+    assert shop.recurring_row(s.id)["status"] == status
