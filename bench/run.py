@@ -94,7 +94,7 @@ def main():
         conn.execute("ALTER DATABASE bench SET pg_payment.webhook_tolerance_s = 0")
         conn.execute("CREATE TABLE public.orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
                      "user_id text, price numeric NOT NULL, status text NOT NULL DEFAULT 'new')")
-        conn.execute("SELECT payment.link_order_table('public.orders')")
+        conn.execute("SELECT payment.link_order_table('public.orders', currency => 'usd')")
         conn.execute("CREATE TABLE bench_events (kind text, n int, payload text, signature text, "
                      "PRIMARY KEY (kind, n))")
         conn.execute("CREATE TABLE raw_events (id bigserial PRIMARY KEY, payload jsonb NOT NULL)")

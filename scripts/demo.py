@@ -206,8 +206,8 @@ def run(workdir):
         say("The app's own order table, linked once")
         db.execute("CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
                    "user_id text, price numeric(12,2) NOT NULL, status text NOT NULL DEFAULT 'new')")
-        db.execute("SELECT payment.link_order_table('orders')")
-        note("SELECT payment.link_order_table('orders');")
+        db.execute("SELECT payment.link_order_table('orders', currency => 'usd')")
+        note("SELECT payment.link_order_table('orders', currency => 'usd');")
 
         say("Configure the keys (passed as bind parameters, never as literals)")
         db.execute("SELECT payment.configure(%s, %s, %s)", (secret_key, publishable_key, webhook_secret))

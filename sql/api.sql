@@ -8,9 +8,10 @@ CREATE FUNCTION payment.link_order_table(
     user_column     name DEFAULT 'user_id',
     status_column   name DEFAULT 'status',
     currency_column name DEFAULT NULL,
-    paid_status     text DEFAULT 'paid'
-) RETURNS void VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'link_order_table_wrapper';
-COMMENT ON FUNCTION payment.link_order_table(regclass, name, name, name, name, name, text) IS
+    paid_status     text DEFAULT 'paid',
+    currency        text DEFAULT NULL
+) RETURNS void VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'link_order_table_currency_wrapper';
+COMMENT ON FUNCTION payment.link_order_table(regclass, name, name, name, name, name, text, text) IS
     'Link the application''s order table, once; call it as the table''s owner.';
 
 CREATE FUNCTION payment.add_callback(kind text, handler regprocedure)

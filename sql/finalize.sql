@@ -127,7 +127,7 @@ BEGIN
         payment.add_callback(text, regprocedure),
         payment.remove_callback(text, regprocedure),
         payment.retry_failed_events(),
-        payment.link_order_table(regclass, name, name, name, name, name, text),
+        payment.link_order_table(regclass, name, name, name, name, name, text, text),
         payment.refund_payment(bigint, bigint),
         payment.refund_payment_id(bigint, bigint),
         payment.cancel_subscription(bigint, boolean),

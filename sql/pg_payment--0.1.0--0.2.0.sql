@@ -101,6 +101,24 @@ CREATE TRIGGER row_changed AFTER UPDATE ON payment.recurring_payments
                        OR OLD.price_id IS DISTINCT FROM NEW.price_id)
     EXECUTE FUNCTION payment.on_status_change();
 
+-- An order's currency is always known: a link names it (currency) when the table has no
+-- currency column. A 0.1.0 link with neither keeps accepting any currency until
+-- link_order_table is called again with the same arguments plus one of them.
+ALTER TABLE payment.order_link ADD COLUMN currency text;
+DROP FUNCTION payment.link_order_table(regclass, name, name, name, name, name, text);
+CREATE FUNCTION payment.link_order_table(
+    order_table     regclass,
+    id_column       name DEFAULT 'id',
+    amount_column   name DEFAULT 'price',
+    user_column     name DEFAULT 'user_id',
+    status_column   name DEFAULT 'status',
+    currency_column name DEFAULT NULL,
+    paid_status     text DEFAULT 'paid',
+    currency        text DEFAULT NULL
+) RETURNS void VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'link_order_table_currency_wrapper';
+COMMENT ON FUNCTION payment.link_order_table(regclass, name, name, name, name, name, text, text) IS
+    'Link the application''s order table, once; call it as the table''s owner.';
+
 -- cancel_payment: an unpaid payment's PaymentIntent canceled at Stripe.
 CREATE FUNCTION payment."cancel_payment_id"(
 	"payment_id" bigint /* Option < i64 > */
@@ -244,7 +262,7 @@ BEGIN
         payment.add_callback(text, regprocedure),
         payment.remove_callback(text, regprocedure),
         payment.retry_failed_events(),
-        payment.link_order_table(regclass, name, name, name, name, name, text),
+        payment.link_order_table(regclass, name, name, name, name, name, text, text),
         payment.refund_payment(bigint, bigint),
         payment.refund_payment_id(bigint, bigint),
         payment.cancel_subscription(bigint, boolean),

@@ -37,7 +37,9 @@ CREATE TABLE payment.order_link (
     paid_status     text NOT NULL,
     -- "col type, ..." of the linked columns when linked: the DDL guard refuses changes to it.
     column_signature text NOT NULL,
-    linked_at       timestamptz NOT NULL DEFAULT pg_catalog.now()
+    linked_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- The one currency of all orders, when the table has no currency column (lower case).
+    currency        text
 );
 COMMENT ON TABLE payment.order_link IS 'The application''s order table, linked once by payment.link_order_table().';
 

@@ -293,6 +293,21 @@ pub fn from_minor_units(amount: i64, currency: &str) -> Result<Decimal, MoneyErr
     Ok(Decimal::new(amount, rule.exponent()))
 }
 
+/// Refuses an amount in minor units that Stripe cannot move in `currency`: the
+/// three-decimal currencies (KWD, BHD...) move in tens, ISK and UGX in hundreds.
+pub fn check_on_step(amount_minor: i64, currency: &str) -> Result<(), MoneyError> {
+    let rule = currency_rule(currency)?;
+    if amount_minor % rule.step() != 0 {
+        return Err(MoneyError::NotOnStep {
+            amount: Decimal::new(amount_minor, rule.exponent()),
+            minor: amount_minor,
+            currency: currency.to_ascii_lowercase(),
+            rule,
+        });
+    }
+    Ok(())
+}
+
 /// Checks, before Stripe is called, that `charge_minor` is exactly the order's
 /// price in Stripe's minor units. Catches the classic x100 mistake (99 for a
 /// 99.99 USD order) with both figures in the message.
@@ -516,5 +531,15 @@ mod tests {
             check("10", "nope", 1000),
             Err(MoneyError::UnknownCurrency { .. })
         ));
+    }
+
+    #[test]
+    fn refund_amounts_follow_the_currencys_step() {
+        assert!(check_on_step(1230, "kwd").is_ok());
+        assert!(check_on_step(1235, "kwd").is_err());
+        assert!(check_on_step(500, "isk").is_ok());
+        assert!(check_on_step(550, "isk").is_err());
+        assert!(check_on_step(1, "usd").is_ok());
+        assert!(check_on_step(7, "jpy").is_ok());
     }
 }

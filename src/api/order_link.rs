@@ -111,7 +111,19 @@ fn link(
     status_column: &str,
     currency_column: Option<&str>,
     paid_status: &str,
+    currency: Option<&str>,
 ) -> Result<()> {
+    let currency = match currency {
+        Some(c) => Some(crate::money::normalize_currency(c.trim())?),
+        None => None,
+    };
+    if currency.is_some() && currency_column.is_some() {
+        return Err(PaymentError::invalid_with_hint(
+            "give either currency_column or currency, not both",
+            "currency_column names the column holding each order's currency; currency is the one \
+             currency of all orders.",
+        ));
+    }
     let (table_name, relkind, persistence, is_owner) = Spi::connect(|client| -> Result<_> {
         let row = client
             .select(
@@ -177,14 +189,36 @@ fn link(
         status_column: status_column.into(),
         currency_column: currency_column.map(Into::into),
         paid_status: paid_status.into(),
+        currency: currency.clone(),
     };
     let linked = identity::as_payment_owner(|| -> Result<bool> {
         if let Some(existing) = Spi::connect(orders::link)? {
-            let same = orders::OrderLink {
+            let existing = orders::OrderLink {
                 table_sql: String::new(),
-                ..existing.clone()
-            } == wanted;
-            if same {
+                ..existing
+            };
+            if existing == wanted {
+                return Ok(true);
+            }
+            // A link that 0.1.0 made with no currency is completed, once, by the same call
+            // with a currency or a currency column.
+            let completes = existing.currency.is_none()
+                && existing.currency_column.is_none()
+                && (wanted.currency.is_some() || wanted.currency_column.is_some())
+                && orders::OrderLink {
+                    currency: None,
+                    currency_column: None,
+                    ..wanted.clone()
+                } == existing;
+            if completes {
+                Spi::run_with_args(
+                    "UPDATE payment.order_link SET currency = $1, currency_column = $2, column_signature = $3",
+                    &[
+                        currency.as_deref().into(),
+                        currency_column.into(),
+                        signature.as_str().into(),
+                    ],
+                )?;
                 return Ok(true);
             }
             return Err(PaymentError::LinkViolation {
@@ -196,10 +230,20 @@ fn link(
                     .into(),
             });
         }
+        // An order's currency is always known: without it, create_payment(order, 'jpy', 10)
+        // for an order priced 10.00 (meant as dollars) would charge 10 yen.
+        if currency.is_none() && currency_column.is_none() {
+            return Err(PaymentError::invalid_with_hint(
+                "the link needs the orders' currency",
+                "Pass currency => 'usd' (one currency for all orders) or currency_column => 'currency' \
+                 (a text column holding each order's currency).",
+            ));
+        }
         Spi::run_with_args(
             "INSERT INTO payment.order_link (order_table, table_name, id_column, amount_column, user_column, \
-                                             status_column, currency_column, paid_status, column_signature) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                                             status_column, currency_column, paid_status, column_signature, \
+                                             currency) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             &[
                 order_table.into(),
                 table_name.as_str().into(),
@@ -210,6 +254,7 @@ fn link(
                 currency_column.into(),
                 paid_status.into(),
                 signature.as_str().into(),
+                currency.as_deref().into(),
             ],
         )?;
         Ok(false)
@@ -248,8 +293,9 @@ fn name<'a>(value: Option<&'a CStr>, what: &'static str) -> Result<&'a str> {
 
 /// Link the application's order table, once. See DESIGN.md for what is validated.
 /// Its SQL signature (regclass and name arguments, with defaults) is in sql/api.sql.
+#[allow(clippy::too_many_arguments)]
 #[pg_extern(sql = false)]
-fn link_order_table(
+fn link_order_table_currency(
     order_table: Option<pg_sys::Oid>,
     id_column: Option<&CStr>,
     amount_column: Option<&CStr>,
@@ -257,6 +303,7 @@ fn link_order_table(
     status_column: Option<&CStr>,
     currency_column: Option<&CStr>,
     paid_status: Option<&str>,
+    currency: Option<&str>,
 ) {
     let run = || -> Result<()> {
         require_current()?;
@@ -272,7 +319,32 @@ fn link_order_table(
             name(status_column, "status_column")?,
             currency_column,
             paid_status.ok_or(PaymentError::NullArgument("paid_status"))?,
+            currency,
         )
     };
     run().or_raise()
+}
+
+/// 0.1.0's seven-argument `link_order_table` (its released script binds this symbol): kept
+/// for a database still on 0.1.0's schema, where it refuses (55000) until the update.
+#[pg_extern(sql = false)]
+fn link_order_table(
+    order_table: Option<pg_sys::Oid>,
+    id_column: Option<&CStr>,
+    amount_column: Option<&CStr>,
+    user_column: Option<&CStr>,
+    status_column: Option<&CStr>,
+    currency_column: Option<&CStr>,
+    paid_status: Option<&str>,
+) {
+    link_order_table_currency(
+        order_table,
+        id_column,
+        amount_column,
+        user_column,
+        status_column,
+        currency_column,
+        paid_status,
+        None,
+    )
 }

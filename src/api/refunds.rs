@@ -65,9 +65,12 @@ fn refund(payment_id: i64, requested: Option<i64>) -> Result<i64> {
         payment.status,
         Some(PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded)
     ) {
-        return Err(PaymentError::NotConfigured {
-            message: format!("payment {payment_id} is {status}: only a succeeded payment can be refunded"),
-            hint: "Wait for payment_intent.succeeded to be applied, or cancel an unpaid payment instead."
+        return Err(PaymentError::PaymentStateForbids {
+            message: format!(
+                "payment {payment_id} is {status}: only a succeeded payment can be refunded"
+            ),
+            hint: "Wait for payment_intent.succeeded to be applied, or cancel an unpaid payment \
+                   with payment.cancel_payment() instead."
                 .into(),
         });
     }
@@ -76,6 +79,9 @@ fn refund(payment_id: i64, requested: Option<i64>) -> Result<i64> {
     })?;
     let remaining = payment.amount_received - payment.refunded;
     let amount = requested.unwrap_or(remaining);
+    if let Some(requested) = requested {
+        crate::money::check_on_step(requested, &payment.currency)?;
+    }
     if amount <= 0 || amount > remaining {
         return Err(PaymentError::invalid_with_hint(
             format!(

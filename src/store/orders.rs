@@ -17,11 +17,13 @@ pub struct OrderLink {
     pub status_column: String,
     pub currency_column: Option<String>,
     pub paid_status: String,
+    /// The currency of every order, when the table has no currency column.
+    pub currency: Option<String>,
 }
 
 const SELECT_LINK: &str = "\
     SELECT order_table::oid, order_table::text, id_column::text, amount_column::text, user_column::text, \
-           status_column::text, currency_column::text, paid_status \
+           status_column::text, currency_column::text, paid_status, currency \
       FROM payment.order_link";
 
 pub fn link(client: &SpiClient<'_>) -> Result<Option<OrderLink>> {
@@ -38,6 +40,7 @@ pub fn link(client: &SpiClient<'_>) -> Result<Option<OrderLink>> {
         status_column: row.get(6)?.unwrap_or_default(),
         currency_column: row.get(7)?,
         paid_status: row.get(8)?.unwrap_or_default(),
+        currency: row.get(9)?,
     }))
 }
 
@@ -185,7 +188,9 @@ pub fn lock_order(client: &mut SpiClient<'_>, link: &OrderLink, order_id: i64) -
     Ok(Order {
         price: price
             .ok_or_else(|| PaymentError::invalid(format!("order {order_id} has no price")))?,
-        currency,
+        // From the order's own column, or the link's one currency for all orders; None only
+        // for a link that 0.1.0 made with neither (health() warns about it).
+        currency: currency.or_else(|| link.currency.clone()),
         user,
     })
 }

@@ -317,13 +317,14 @@ class Shop(Database):
                 id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
                 user_id text,
                 price numeric(12,2) NOT NULL,
-                status text NOT NULL DEFAULT 'new')
+                status text NOT NULL DEFAULT 'new',
+                currency text NOT NULL DEFAULT 'usd')
         """)
-        self.conn.execute("SELECT payment.link_order_table('public.orders')")
+        self.conn.execute("SELECT payment.link_order_table('public.orders', currency_column => 'currency')")
 
-    def order(self, price="10.00", user_id="user_1", status="new"):
-        return self.value("INSERT INTO public.orders (user_id, price, status) VALUES (%s, %s, %s) RETURNING id",
-                          (user_id, price, status))
+    def order(self, price="10.00", user_id="user_1", status="new", currency="usd"):
+        return self.value("INSERT INTO public.orders (user_id, price, status, currency) VALUES (%s, %s, %s, %s)"
+                          " RETURNING id", (user_id, price, status, currency))
 
     def payment(self, order_id=None, amount=1000, currency="usd", status="pending", pi=None,
                 livemode=False):

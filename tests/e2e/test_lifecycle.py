@@ -4,6 +4,8 @@ callbacks and NOTIFY with the old values in `previous`."""
 
 import json
 import threading
+import urllib.parse
+import urllib.request
 
 import psycopg
 import pytest
@@ -36,6 +38,18 @@ def intents_created(fake):
 
 def cancels(fake):
     return [r for r in fake.requests(method="POST") if r["path"].endswith("/cancel")]
+
+
+def pay_at(fake, shop, pi):
+    """The customer pays at the fake Stripe; its signed webhook is applied."""
+    data = urllib.parse.urlencode({"payment_method": "pm_card_visa"}).encode()
+    req = urllib.request.Request(f"{fake.url}/v1/payment_intents/{pi}/confirm", data=data,
+                                 headers={"Authorization": f"Bearer {ev.SECRET_KEY}"})
+    with urllib.request.urlopen(req, timeout=10):
+        pass
+    sent = fake.event("payment_intent.succeeded", pi)
+    result = shop.value("SELECT payment.process_stripe_event(%s, %s)", (sent["payload"], sent["signature"]))
+    assert result["outcome"] == "applied", result
 
 
 def listen(shop):
@@ -234,3 +248,23 @@ def test_only_a_failed_renewal_invoice_makes_the_subscription_past_due(shop, bil
                            price_id=s.price_id, billing_reason=billing_reason)
     assert shop.deliver(evt)["outcome"] == "applied"
     assert shop.recurring_row(s.id)["status"] == status
+
+
+# --------------------------------------------------------------------------
+# Currencies
+
+
+def test_an_order_priced_in_dollars_cannot_be_charged_in_yen(api, fake):
+    oid = api.order(price="10.00")
+    assert sqlstate_of(create_payment, api, oid, "jpy", 10) == "22023"
+    assert fake.requests("/v1/payment_intents") == []
+
+
+def test_a_refund_off_the_currencys_step_is_refused_before_stripe_is_called(api, fake):
+    oid = api.order(price="1.500", currency="kwd")
+    row = create_payment(api, oid, "kwd", 1500)
+    pay_at(fake, api, row["stripe_payment_intent_id"])
+    assert sqlstate_of(api.row, "SELECT * FROM payment.refund_payment(%s, 125)", (row["id"],)) == "22023"
+    assert fake.requests("/v1/refunds") == []
+    refund = api.row("SELECT * FROM payment.refund_payment(%s, 120)", (row["id"],))
+    assert refund["amount"] == 120

@@ -21,6 +21,10 @@ def install_mode(request):
 
 
 def link(conn, table="public.orders", **kw):
+    """link_order_table with the orders' currency ('usd' unless the call names one)."""
+    if "currency_column" not in kw:
+        kw.setdefault("currency", "usd")
+    kw = {k: v for k, v in kw.items() if v is not None}
     args = ", ".join(f"{k} => %({k})s" for k in kw)
     sql = f"SELECT payment.link_order_table(%(t)s::regclass{', ' + args if args else ''})"
     conn.execute(sql, {"t": table, **kw})
@@ -162,9 +166,43 @@ def test_a_table_owner_who_is_not_a_superuser_can_link_and_is_guarded(db):
     owner.execute("GRANT USAGE ON SCHEMA shop TO payment_owner")
     owner.execute("CREATE TABLE shop.orders (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
                   "user_id text, price numeric(10,2) NOT NULL, status text NOT NULL DEFAULT 'new')")
-    owner.execute("SELECT payment.link_order_table('shop.orders')")
+    owner.execute("SELECT payment.link_order_table('shop.orders', currency => 'usd')")
     order = owner.execute("INSERT INTO shop.orders (user_id, price) VALUES ('u', 5) RETURNING id").fetchone()[0]
     db.conn.execute("INSERT INTO payment.payments (order_id, amount, currency) VALUES (%s, 500, 'usd')", (order,))
     with pytest.raises(psycopg.Error) as info:
         owner.execute("DELETE FROM shop.orders WHERE id = %s", (order,))
     assert info.value.sqlstate == "23503"
+
+
+# --------------------------------------------------------------------------
+# The orders' currency is always known
+
+
+def test_a_new_link_without_a_currency_is_refused_with_a_hint(db):
+    db.conn.execute(ORDERS)
+    err = assert_link_refused(db, currency=None)
+    assert err.sqlstate == "22023" and "currency" in (err.diag.message_hint or "")
+    err = assert_link_refused(db, currency="usd", currency_column="status")
+    assert err.sqlstate == "22023"
+    assert db.value("SELECT count(*) FROM payment.order_link") == 0
+
+
+def test_a_link_names_its_currency_in_lower_case(db):
+    db.conn.execute(ORDERS)
+    link(db.conn, currency="EUR")
+    assert db.value("SELECT currency FROM payment.order_link") == "eur"
+    err = assert_link_refused(db, currency="xyz")
+    assert err.sqlstate in ("22023", "2BP01")
+
+
+def test_a_link_made_without_a_currency_is_completed_once(db):
+    """0.1.0 linked tables with neither a currency nor a currency column; calling
+    link_order_table again with the same arguments plus a currency completes it, once."""
+    db.conn.execute(ORDERS)
+    link(db.conn, currency="usd")
+    db.conn.execute("UPDATE payment.order_link SET currency = NULL")  # as 0.1.0 left it
+    link(db.conn, currency="usd")
+    assert db.value("SELECT currency FROM payment.order_link") == "usd"
+    err = assert_link_refused(db, currency="eur")
+    assert err.sqlstate == "2BP01"
+    link(db.conn, currency="usd")  # and the completed link may be repeated

@@ -12,7 +12,7 @@ ENTRY_POINTS = [
     "add_webhook_secret(text)",
     "remove_webhook_secret(text)",
     "publishable_key()",
-    "link_order_table(regclass,name,name,name,name,name,text)",
+    "link_order_table(regclass,name,name,name,name,name,text,text)",
     "process_stripe_event(text,text)",
     "retry_failed_events()",
     "add_callback(text,regprocedure)",
@@ -104,7 +104,7 @@ def test_nothing_in_the_schema_is_granted_to_public(db):
 ADMIN_ONLY_FUNCTIONS = [
     "add_callback(text,regprocedure)", "add_webhook_secret(text)", "cancel_subscription(bigint,boolean)",
     "cancel_subscription_id(bigint,boolean)", "configure(text,text,text)", "guard_order_rows()",
-    "link_order_table(regclass,name,name,name,name,name,text)", "refund_payment(bigint,bigint)",
+    "link_order_table(regclass,name,name,name,name,name,text,text)", "refund_payment(bigint,bigint)",
     "refund_payment_id(bigint,bigint)", "remove_callback(text,regprocedure)", "remove_webhook_secret(text)",
     "retry_failed_events()",
 ]

@@ -97,7 +97,7 @@ def test_create_payment_creates_a_payment_intent_and_returns_the_row(api, fake):
     ("10.00", "usd", -1000),
 ])
 def test_a_wrong_amount_is_refused_before_stripe_is_called(api, fake, price, currency, amount):
-    oid = api.order(price=price)
+    oid = api.order(price=price, currency=currency)
     err = sql_error(create_payment, api, oid, currency, amount)
     assert err.sqlstate == "22023", err
     if amount > 0 and currency == "usd":
@@ -110,7 +110,7 @@ def test_a_wrong_amount_is_refused_before_stripe_is_called(api, fake, price, cur
     ("500", "jpy", 500), ("1.5", "kwd", 1500), ("99.99", "eur", 9999), ("1000", "isk", 100000),
 ])
 def test_amounts_follow_each_currencys_exponent(api, fake, price, currency, amount):
-    oid = api.order(price=price)
+    oid = api.order(price=price, currency=currency)
     assert create_payment(api, oid, currency, amount)["amount"] == amount
 
 

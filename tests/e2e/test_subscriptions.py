@@ -201,7 +201,7 @@ def test_renewal_copies_the_order_with_custom_paid_status_and_fresh_unique_value
             reference uuid NOT NULL UNIQUE DEFAULT gen_random_uuid())
     """)
     db.conn.execute("SELECT payment.link_order_table('public.memberships', status_column => 'state',"
-                    " paid_status => 'settled')")
+                    " paid_status => 'settled', currency => 'usd')")
     oid = db.value("INSERT INTO public.memberships (user_id, price) VALUES ('member_7', 19.99) RETURNING id")
     customer, sub = ev.stripe_id("cus"), ev.stripe_id("sub")
     rid = db.value("INSERT INTO payment.recurring_payments (order_id, price_id, stripe_customer_id,"
