@@ -30,7 +30,7 @@ impl Client {
             .push("amount", amount)
             .push("currency", currency)
             .push("metadata", Param::map(metadata));
-        self.request(
+        self.request_past_saved_errors(
             Method::Post,
             "/v1/payment_intents",
             &form,
@@ -77,7 +77,7 @@ impl Client {
         let form = Form::new()
             .push_opt("email", email)
             .push("metadata", Param::map(metadata));
-        self.request(
+        self.request_past_saved_errors(
             Method::Post,
             "/v1/customers",
             &form,
@@ -159,7 +159,7 @@ impl Client {
     ) -> Result<PaymentIntent, StripeError> {
         check_id("payment_intent", payment_intent)?;
         let path = format!("/v1/payment_intents/{payment_intent}/cancel");
-        self.request(
+        self.request_past_saved_errors(
             Method::Post,
             &path,
             &Form::new(),

@@ -3,6 +3,7 @@
 
 use super::error::{Interrupted, StripeError};
 use super::form::Form;
+use super::idempotency::{replay_key, MAX_REPLAYED_ERRORS};
 use super::retry::{backoff_delay, jitter_permille, should_retry, Attempt};
 use super::transport::{self, RawResponse, SendError};
 use super::Config;
@@ -82,7 +83,7 @@ impl Client {
 
     /// Sends one request and decodes a 2xx answer as `T`. `path` starts with
     /// `/v1/`. A POST needs its Idempotency-Key; GET and DELETE send none
-    /// (Stripe ignores it there).
+    /// (Stripe ignores it there). An error Stripe saved under the key is returned.
     pub fn request<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -90,6 +91,34 @@ impl Client {
         form: &Form,
         idempotency_key: Option<&str>,
         hooks: Hooks<'_>,
+    ) -> Result<T, StripeError> {
+        self.send_request(method, path, form, idempotency_key, hooks, false)
+    }
+
+    /// `request` for a POST whose duplicate would be harmless (an unpaid PaymentIntent, a
+    /// customer, a cancellation): an error Stripe saved under the key and replays moves the
+    /// call on to the next key of its sequence (`replay_key`), so one failure does not lock
+    /// the call out for Stripe's 24 hours. Never for refunds or subscriptions, where a saved
+    /// 500 may hide an object Stripe did make.
+    pub fn request_past_saved_errors<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        form: &Form,
+        idempotency_key: Option<&str>,
+        hooks: Hooks<'_>,
+    ) -> Result<T, StripeError> {
+        self.send_request(method, path, form, idempotency_key, hooks, true)
+    }
+
+    fn send_request<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        form: &Form,
+        idempotency_key: Option<&str>,
+        hooks: Hooks<'_>,
+        past_saved_errors: bool,
     ) -> Result<T, StripeError> {
         let Hooks {
             check_interrupts,
@@ -100,9 +129,15 @@ impl Client {
             Method::Get | Method::Delete => None,
         };
         let mut retries_done = 0;
+        // The key this attempt sends: the call's own, or the next of its sequence once
+        // Stripe replayed an error saved under the previous one.
+        let base_key = key;
+        let mut replays = 0;
+        let mut current_key = key.map(str::to_string);
         loop {
             check_interrupts().map_err(|_| StripeError::Interrupted)?;
             let started = Instant::now();
+            let key = current_key.as_deref();
             let sent = transport::send(self, method, path, form, key, check_interrupts);
             let mut log = RequestLog {
                 method: method.as_str(),
@@ -137,6 +172,14 @@ impl Client {
                             log.error_code = api.code.clone();
                         }
                         _ => log.error_type = Some("bad_response".into()),
+                    }
+                    if let (true, true, Some(base)) = (past_saved_errors, raw.replayed, base_key) {
+                        if replays < MAX_REPLAYED_ERRORS {
+                            on_attempt(&log);
+                            replays += 1;
+                            current_key = Some(replay_key(base, replays));
+                            continue;
+                        }
                     }
                     (error, Some(raw))
                 }

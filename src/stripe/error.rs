@@ -163,8 +163,9 @@ impl StripeError {
 
     /// What to do next, for the error report's HINT.
     pub fn hint(&self) -> String {
-        let again = "Run the same call again: it sends the same Idempotency-Key, so Stripe \
-                     returns the first result instead of acting twice.";
+        let again = "Run the same call again: it sends the same Idempotency-Key, so what Stripe \
+                     already did is returned instead of done twice, and an error Stripe saved \
+                     under that key moves the call on to the next key of its sequence.";
         match self {
             StripeError::Api(api) => match api.error_type.as_str() {
                 "card_error" => "The card was declined or is invalid: ask the customer for \

@@ -66,11 +66,37 @@ pub fn idempotency_key(installation_id: &str, kind: &str, parts: &[&str], attemp
     key
 }
 
+/// How many saved errors a call walks past before it gives up (each one is a real request
+/// that Stripe refused, then saved under that key).
+pub const MAX_REPLAYED_ERRORS: u32 = 8;
+
+/// The `replay`-th key of the sequence that starts at `key`: where a call goes on when
+/// Stripe replays an error it saved for the previous one (Stripe keeps the first answer to a
+/// key for at least 24 hours, errors included, so the same key would fail all day). The
+/// same derivation every time, so a transaction that rolled back after a success walks the
+/// same keys and reaches the same object again.
+pub fn replay_key(key: &str, replay: u32) -> String {
+    if replay == 0 {
+        key.to_string()
+    } else {
+        format!("{key}-r{replay}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const INSTALLATION: &str = "3f2b9c1e-0d6a-4c55-9a5e-6f1f0c1d2e3f";
+
+    #[test]
+    fn replay_keys_are_a_fixed_sequence_from_the_key() {
+        let key = idempotency_key(INSTALLATION, "payment", &["42", "9999", "usd"], 0);
+        assert_eq!(replay_key(&key, 0), key);
+        assert_eq!(replay_key(&key, 1), format!("{key}-r1"));
+        assert_ne!(replay_key(&key, 1), replay_key(&key, 2));
+        assert!(replay_key(&key, MAX_REPLAYED_ERRORS).len() <= 255);
+    }
 
     #[test]
     fn same_meaning_gives_the_same_key() {

@@ -38,6 +38,8 @@ pub struct RawResponse {
     pub request_id: Option<String>,
     pub should_retry: Option<String>,
     pub retry_after: Option<String>,
+    /// `Idempotent-Replayed: true`: Stripe answered with what it saved for the key.
+    pub replayed: bool,
     pub body: String,
 }
 
@@ -193,6 +195,7 @@ fn perform(job: Job) -> Result<RawResponse, SendError> {
     let request_id = header("request-id");
     let should_retry = header("stripe-should-retry");
     let retry_after = header("retry-after");
+    let replayed = header("idempotent-replayed").is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let body = response
         .body_mut()
         .with_config()
@@ -204,6 +207,7 @@ fn perform(job: Job) -> Result<RawResponse, SendError> {
         request_id,
         should_retry,
         retry_after,
+        replayed,
         body,
     })
 }

@@ -268,3 +268,46 @@ def test_a_refund_off_the_currencys_step_is_refused_before_stripe_is_called(api,
     assert fake.requests("/v1/refunds") == []
     refund = api.row("SELECT * FROM payment.refund_payment(%s, 120)", (row["id"],))
     assert refund["amount"] == 120
+
+
+# --------------------------------------------------------------------------
+# Idempotency keys and Stripe's saved errors
+
+
+def test_a_500_saved_under_the_key_does_not_lock_the_order_out(api, fake):
+    """Stripe keeps the first answer to a key for at least 24 hours, 500s included. The next
+    call sends the same key, gets the saved 500 back marked Idempotent-Replayed, and moves on
+    to the next key of its sequence, within the same call."""
+    api.conn.execute("SET pg_payment.max_network_retries = 0")
+    oid = api.order(price="10.00")
+    fake.faults("/v1/payment_intents", [{"status": 500, "saved": True}])
+    assert sqlstate_of(create_payment, api, oid) == "58000"
+    assert api.value("SELECT count(*) FROM payment.payments") == 0  # nothing survives the rollback
+    row = create_payment(api, oid)
+    sent = intents_created(fake)
+    keys = [r["headers"].get("Idempotency-Key") for r in sent]
+    assert len(keys) == 3 and keys[0] == keys[1] and keys[2] == keys[0] + "-r1"
+    assert [r["status"] for r in sent] == [500, 500, 200]
+    assert [r["idempotent_replayed"] for r in sent] == [False, True, False]
+    # A rollback after the success walks the same keys and gets the same PaymentIntent back.
+    conn = api.connect(autocommit=False)
+    conn.execute("DELETE FROM payment.payments WHERE id = %s", (row["id"],))
+    again = create_payment(api, oid, conn=conn)
+    conn.rollback()
+    assert again["stripe_payment_intent_id"] == row["stripe_payment_intent_id"]
+    assert len({r["form"]["amount"] for r in intents_created(fake)}) == 1
+
+
+def test_a_refund_never_walks_past_a_saved_error(api, fake):
+    """A saved 500 may hide a refund Stripe did make: a refund is never sent again under a
+    new key on its own (the error comes back until Stripe forgets the key)."""
+    api.conn.execute("SET pg_payment.max_network_retries = 0")
+    oid = api.order(price="10.00")
+    row = create_payment(api, oid)
+    pay_at(fake, api, row["stripe_payment_intent_id"])
+    fake.faults("/v1/refunds", [{"status": 500, "saved": True}])
+    for _ in range(2):
+        assert sqlstate_of(api.row, "SELECT * FROM payment.refund_payment(%s, 300)", (row["id"],)) == "58000"
+    keys = {r["headers"].get("Idempotency-Key") for r in fake.requests("/v1/refunds", method="POST")}
+    assert len(keys) == 1
+    assert api.refunds_of(row["id"]) == []

@@ -63,6 +63,9 @@ Control API (no auth; JSON):
                          card_declined, 401, 400, 404); "error": {...} overrides fields
         body: str        send this raw body (default status 200): e.g. "not json"
         headers: {...}   extra response headers (e.g. Stripe-Should-Retry: false)
+        saved: true      with a status: store that error under the request's
+                         Idempotency-Key, as Stripe saves a 500 once it began executing;
+                         later requests with the key get it replayed
       With neither status >= 300 nor body nor drop, the request is then handled
       normally and `headers` are added to the real answer; so {"delay_s": 30} alone is
       "Stripe did it, but the client gave up waiting". A reset during a delay
@@ -1326,7 +1329,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return finish(int(fault.get("status", 200)), fault["body"], extra_headers)
             status = int(fault.get("status", 200))
             if status >= 300:
-                return finish(status, fault_error(status, fault.get("error")), extra_headers)
+                body = fault_error(status, fault.get("error"))
+                saved_key = self.headers.get("Idempotency-Key") if method == "POST" else None
+                if fault.get("saved") and saved_key:
+                    # As Stripe saves an error once the endpoint began executing: every
+                    # later request with this key gets it back, marked as a replay.
+                    with st.lock:
+                        st.idempotency[(api_key, saved_key)] = {
+                            "fingerprint": json.dumps([method, url.path, form], sort_keys=True),
+                            "status": status, "body": body, "request_id": request_id}
+                return finish(status, body, extra_headers)
 
         # Idempotency (POST only, as at Stripe), scoped to the API key.
         idem = self.headers.get("Idempotency-Key") if method == "POST" else None
