@@ -160,6 +160,8 @@ impl<T: HasId> Expandable<T> {
 pub struct List<T> {
     #[serde(default = "Vec::new")]
     pub data: Vec<T>,
+    #[serde(default)]
+    pub has_more: bool,
 }
 
 pub type Metadata = HashMap<String, serde_json::Value>;
@@ -213,6 +215,9 @@ pub struct Charge {
     pub payment_intent: Option<Expandable<IdOnly>>,
     #[serde(default)]
     pub refunds: Option<List<Refund>>,
+    /// What Stripe says has been refunded of the charge, in minor units.
+    #[serde(default)]
+    pub amount_refunded: Option<i64>,
 }
 
 impl HasId for Charge {

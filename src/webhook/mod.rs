@@ -22,6 +22,13 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::{json, Value};
 
+/// What applying an event may need to read from Stripe. The SQL layer provides it (with the
+/// backend's Stripe client), so the webhook code does not depend on the client.
+pub trait StripeReads {
+    /// One page of `GET /v1/refunds?charge=...`, as Stripe's JSON list.
+    fn refunds_of_charge(&self, charge: &str, starting_after: Option<&str>) -> Result<Value>;
+}
+
 /// What became of one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -51,7 +58,11 @@ impl Outcome {
 }
 
 /// The entry point behind `payment.process_stripe_event(payload, signature)`.
-pub fn process(payload: Option<&str>, signature: Option<&str>) -> Result<Value> {
+pub fn process(
+    payload: Option<&str>,
+    signature: Option<&str>,
+    stripe: &dyn StripeReads,
+) -> Result<Value> {
     // SAFETY: plain reads of backend globals.
     if unsafe { pg_sys::XactIsoLevel } != pg_sys::XACT_READ_COMMITTED as i32 {
         return Err(PaymentError::WrongIsolation(
@@ -98,7 +109,7 @@ pub fn process(payload: Option<&str>, signature: Option<&str>) -> Result<Value> 
         )));
     }
     let kind = EventKind::of(&envelope.event_type);
-    let outcome = record_and_apply(&envelope, kind, payload)?;
+    let outcome = record_and_apply(&envelope, kind, payload, stripe)?;
     Ok(outcome.to_json(&envelope.id, &envelope.event_type))
 }
 
@@ -113,7 +124,12 @@ const RECORD_OUTCOME: &str = "\
 
 /// De-duplicate by event id, then apply. INSERT ... ON CONFLICT comes first: it takes an xid
 /// and waits for a racing delivery's insert, so the row lock that follows sees its outcome.
-fn record_and_apply(envelope: &Envelope<'_>, kind: EventKind, payload: &str) -> Result<Outcome> {
+fn record_and_apply(
+    envelope: &Envelope<'_>,
+    kind: EventKind,
+    payload: &str,
+    stripe: &dyn StripeReads,
+) -> Result<Outcome> {
     let initial = if kind == EventKind::Unhandled {
         "ignored"
     } else {
@@ -156,7 +172,7 @@ fn record_and_apply(envelope: &Envelope<'_>, kind: EventKind, payload: &str) -> 
         Some(_) => return Ok(Outcome::Duplicate),
     }
     // A redelivered `failed` event is applied again; we hold its row lock meanwhile.
-    let outcome = apply_guarded(envelope, kind);
+    let outcome = apply_guarded(envelope, kind, stripe);
     let record = match (&outcome, first_delivery.is_none()) {
         (Outcome::Applied, true) => None,
         (Outcome::Applied, false) => Some(("applied", None)),
@@ -179,13 +195,13 @@ fn record_outcome(event_id: &str, outcome: &str, error: Option<&str>) -> Result<
 }
 
 /// Apply in a subtransaction with the triggers told which event is writing.
-fn apply_guarded(envelope: &Envelope<'_>, kind: EventKind) -> Outcome {
+fn apply_guarded(envelope: &Envelope<'_>, kind: EventKind, stripe: &dyn StripeReads) -> Outcome {
     let writer = Writer {
         event_id: Some(envelope.id.to_string()),
         event_type: Some(envelope.event_type.to_string()),
     };
     let result = store::in_subtransaction(|| {
-        while_writing(writer, || match apply::apply(envelope, kind) {
+        while_writing(writer, || match apply::apply(envelope, kind, stripe) {
             Ok(outcome) => outcome,
             // Raise so the subtransaction rolls back whatever was half done.
             Err(e) => e.raise(),
@@ -206,7 +222,7 @@ const FAILED_EVENTS: &str = "\
     SELECT id, payload::text FROM payment.events WHERE outcome = 'failed' \
     ORDER BY created, received_at LIMIT $1 FOR UPDATE SKIP LOCKED";
 
-pub fn retry_failed() -> Result<Vec<Value>> {
+pub fn retry_failed(stripe: &dyn StripeReads) -> Result<Vec<Value>> {
     let failed = Spi::connect_mut(|client| -> Result<Vec<(String, String)>> {
         let stmt = store::plan(client, FAILED_EVENTS, &[INT8])?;
         let mut out = Vec::new();
@@ -230,7 +246,7 @@ pub fn retry_failed() -> Result<Vec<Value>> {
         let outcome = if kind == EventKind::Unhandled {
             Outcome::Ignored
         } else {
-            apply_guarded(&envelope, kind)
+            apply_guarded(&envelope, kind, stripe)
         };
         let (text, error) = match &outcome {
             Outcome::Failed(e) => ("failed", Some(e.as_str())),

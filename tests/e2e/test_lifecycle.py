@@ -311,3 +311,38 @@ def test_a_refund_never_walks_past_a_saved_error(api, fake):
     keys = {r["headers"].get("Idempotency-Key") for r in fake.requests("/v1/refunds", method="POST")}
     assert len(keys) == 1
     assert api.refunds_of(row["id"]) == []
+
+
+# --------------------------------------------------------------------------
+# Refunds on API versions that embed none in charge.refunded
+
+
+def test_a_dashboard_refund_on_api_2023_10_16_is_listed_from_stripe_and_counted(api, fake):
+    """From 2022-11-15 charge.refunded embeds no refunds, and before 2024-10-28 Stripe sends
+    no refund.* event for a card refund: the charge's refunds are listed from Stripe."""
+    oid = api.order(price="10.00")
+    row = create_payment(api, oid)
+    pay_at(fake, api, row["stripe_payment_intent_id"])
+    charge = api.payment_row(row["id"])["stripe_charge_id"]
+    assert charge
+    # A refund of 700 made in the dashboard: at Stripe, not through pg_payment.
+    data = urllib.parse.urlencode({"charge": charge, "amount": 700}).encode()
+    req = urllib.request.Request(f"{fake.url}/v1/refunds", data=data,
+                                 headers={"Authorization": f"Bearer {ev.SECRET_KEY}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        made = json.loads(resp.read())
+    sent = fake.event("charge.refunded", charge, api_version="2023-10-16")
+    body = json.loads(sent["payload"])["data"]["object"]
+    assert "refunds" not in body or not body["refunds"].get("data"), "the fixture must embed no refunds"
+    result = api.value("SELECT payment.process_stripe_event(%s, %s)", (sent["payload"], sent["signature"]))
+    assert result["outcome"] == "applied", result
+    paid = api.payment_row(row["id"])
+    assert (paid["amount_refunded"], paid["status"]) == (700, "partially_refunded")
+    assert [r["stripe_refund_id"] for r in api.refunds_of(row["id"])] == [made["id"]]
+    listed = [r for r in fake.requests("/v1/refunds", method="GET")]
+    assert len(listed) == 1 and f"charge={charge}" in listed[0]["query"]
+    # Delivered again, nothing more is listed or counted.
+    again = fake.event("charge.refunded", charge, api_version="2023-10-16")
+    api.value("SELECT payment.process_stripe_event(%s, %s)", (again["payload"], again["signature"]))
+    assert api.payment_row(row["id"])["amount_refunded"] == 700
+    assert len(fake.requests("/v1/refunds", method="GET")) == 1

@@ -5,18 +5,22 @@ mod refunds;
 mod subscriptions;
 
 use super::event::{self, Envelope, EventKind};
-use super::Outcome;
+use super::{Outcome, StripeReads};
 use crate::error::{PaymentError, Result};
 use crate::store;
 
 /// Metadata keys pg_payment puts on every object it creates at Stripe.
 pub const META_INSTALLATION: &str = "pg_payment_installation";
 
-pub fn apply(envelope: &Envelope<'_>, kind: EventKind) -> Result<Outcome> {
+pub fn apply(
+    envelope: &Envelope<'_>,
+    kind: EventKind,
+    stripe: &dyn StripeReads,
+) -> Result<Outcome> {
     match kind {
         EventKind::PaymentIntent(target) => payments::apply_payment_intent(envelope, target),
         EventKind::Refund => refunds::apply_refund_event(envelope),
-        EventKind::ChargeRefunded => refunds::apply_charge_refunded(envelope),
+        EventKind::ChargeRefunded => refunds::apply_charge_refunded(envelope, stripe),
         EventKind::Subscription => subscriptions::apply_subscription(envelope),
         EventKind::InvoicePaid => subscriptions::apply_invoice_paid(envelope),
         EventKind::InvoicePaymentFailed => subscriptions::apply_invoice_payment_failed(envelope),

@@ -3,12 +3,12 @@
 //! sends for one refund count its money once.
 
 use super::object;
-use crate::error::Result;
+use crate::error::{PaymentError, Result};
 use crate::store::refunds::{self, RefundFacts};
 use crate::store::{self, INT8, TEXT};
-use crate::webhook::event::{Charge, Envelope, Refund};
+use crate::webhook::event::{Charge, Envelope, List, Refund};
 use crate::webhook::transitions::RefundStatus;
-use crate::webhook::Outcome;
+use crate::webhook::{Outcome, StripeReads};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
@@ -39,9 +39,12 @@ pub fn apply_refund_event(envelope: &Envelope<'_>) -> Result<Outcome> {
     })
 }
 
-/// On API versions before 2022-11-15 the charge embeds its refunds; on later ones it does
-/// not, and the refund.* events carry them.
-pub fn apply_charge_refunded(envelope: &Envelope<'_>) -> Result<Outcome> {
+/// On API versions before 2022-11-15 the charge embeds its refunds. From 2022-11-15 it does
+/// not, and before 2024-10-28 Stripe sends no refund.* event for a card refund either: when
+/// the charge shows more refunded than the payment's recorded refunds add up to, its refunds
+/// are listed from Stripe (`GET /v1/refunds?charge=`) and recorded, so a dashboard refund is
+/// counted even if it is never updated.
+pub fn apply_charge_refunded(envelope: &Envelope<'_>, stripe: &dyn StripeReads) -> Result<Outcome> {
     let charge: Charge = object(envelope)?;
     Spi::connect_mut(|client| {
         let mut payment_id = None;
@@ -70,8 +73,45 @@ pub fn apply_charge_refunded(envelope: &Envelope<'_>) -> Result<Outcome> {
                 Some(envelope.created),
             )?;
         }
+        if let Some(refunded) = charge.amount_refunded {
+            if refunded > recorded_refunds(client, payment_id)? {
+                for refund in list_refunds(stripe, &charge.id)? {
+                    refunds::record(client, payment_id, &facts(&refund), None, None)?;
+                }
+            }
+        }
         Ok(Outcome::Applied)
     })
+}
+
+const RECORDED_REFUNDS: &str = "SELECT amount_refunded FROM payment.payments WHERE id = $1";
+
+fn recorded_refunds(client: &mut SpiClient<'_>, payment_id: i64) -> Result<i64> {
+    let stmt = store::plan(client, RECORDED_REFUNDS, &[INT8])?;
+    Ok(
+        store::first_value::<i64>(client.update(stmt, Some(1), &[payment_id.into()])?)?
+            .unwrap_or(0),
+    )
+}
+
+/// A charge has at most a few refunds; the bound keeps a misbehaving answer from looping.
+const MAX_REFUND_PAGES: usize = 10;
+
+fn list_refunds(stripe: &dyn StripeReads, charge: &str) -> Result<Vec<Refund>> {
+    let mut refunds: Vec<Refund> = Vec::new();
+    for _ in 0..MAX_REFUND_PAGES {
+        let starting_after = refunds.last().map(|r| r.id.clone());
+        let page = stripe.refunds_of_charge(charge, starting_after.as_deref())?;
+        let page: List<Refund> = serde_json::from_value(page).map_err(|e| {
+            PaymentError::Internal(format!("Stripe's list of refunds could not be read: {e}"))
+        })?;
+        let more = page.has_more && !page.data.is_empty();
+        refunds.extend(page.data);
+        if !more {
+            break;
+        }
+    }
+    Ok(refunds)
 }
 
 /// Which payment a refund belongs to: a refund we know, else its PaymentIntent, else its
