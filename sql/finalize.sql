@@ -116,8 +116,8 @@ BEGIN
     -- 4. Exactly the grants of DESIGN.md's Roles section.
     GRANT USAGE ON SCHEMA payment TO payment_admin, payment_app, payment_webhook;
 
-    GRANT SELECT ON payment.payments, payment.refunds, payment.recurring_payments, payment.events,
-                    payment.api_requests, payment.callbacks, payment.order_link
+    GRANT SELECT ON payment.payments, payment.refunds, payment.recurring_payments, payment.invoice_payments,
+                    payment.events, payment.api_requests, payment.callbacks, payment.order_link
        TO payment_admin, payment_app;
 
     GRANT EXECUTE ON FUNCTION

@@ -119,6 +119,34 @@ CREATE FUNCTION payment.link_order_table(
 COMMENT ON FUNCTION payment.link_order_table(regclass, name, name, name, name, name, text, text) IS
     'Link the application''s order table, once; call it as the table''s owner.';
 
+-- API 2025-03-31+: InvoicePayments link an invoice's payment row to its PaymentIntent.
+CREATE SEQUENCE payment.invoice_payments_id_seq;
+CREATE TABLE payment.invoice_payments (
+    id                        bigint PRIMARY KEY DEFAULT pg_catalog.nextval('payment.invoice_payments_id_seq'),
+    stripe_invoice_payment_id text NOT NULL UNIQUE,
+    stripe_invoice_id         text NOT NULL,
+    payment_id                bigint REFERENCES payment.payments (id),
+    stripe_payment_intent_id  text,
+    stripe_charge_id          text,
+    amount_paid               bigint,
+    currency                  text NOT NULL,
+    status                    text NOT NULL,
+    payment_type              text NOT NULL,
+    created_at                timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at                timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+ALTER SEQUENCE payment.invoice_payments_id_seq OWNED BY payment.invoice_payments.id;
+CREATE INDEX invoice_payments_invoice_idx ON payment.invoice_payments (stripe_invoice_id);
+SELECT pg_catalog.pg_extension_config_dump('payment.invoice_payments', '');
+SELECT pg_catalog.pg_extension_config_dump('payment.invoice_payments_id_seq', '');
+
+-- One PaymentIntent may pay several invoices: unique for one-time payments only.
+ALTER TABLE payment.payments DROP CONSTRAINT payments_stripe_payment_intent_id_key;
+CREATE UNIQUE INDEX payments_one_time_intent_idx ON payment.payments (stripe_payment_intent_id)
+    WHERE recurring_payment_id IS NULL;
+CREATE INDEX payments_invoice_intent_idx ON payment.payments (stripe_payment_intent_id)
+    WHERE recurring_payment_id IS NOT NULL;
+
 -- cancel_payment: an unpaid payment's PaymentIntent canceled at Stripe.
 CREATE FUNCTION payment."cancel_payment_id"(
 	"payment_id" bigint /* Option < i64 > */
@@ -251,8 +279,8 @@ BEGIN
     -- 4. Exactly the grants of DESIGN.md's Roles section.
     GRANT USAGE ON SCHEMA payment TO payment_admin, payment_app, payment_webhook;
 
-    GRANT SELECT ON payment.payments, payment.refunds, payment.recurring_payments, payment.events,
-                    payment.api_requests, payment.callbacks, payment.order_link
+    GRANT SELECT ON payment.payments, payment.refunds, payment.recurring_payments, payment.invoice_payments,
+                    payment.events, payment.api_requests, payment.callbacks, payment.order_link
        TO payment_admin, payment_app;
 
     GRANT EXECUTE ON FUNCTION

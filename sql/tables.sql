@@ -100,7 +100,7 @@ CREATE TABLE payment.payments (
                                  'canceled', 'partially_refunded', 'refunded')),
     amount_received          bigint NOT NULL DEFAULT 0 CHECK (amount_received >= 0),
     amount_refunded          bigint NOT NULL DEFAULT 0 CHECK (amount_refunded >= 0),
-    stripe_payment_intent_id text UNIQUE,
+    stripe_payment_intent_id text,
     stripe_charge_id         text,
     stripe_invoice_id        text UNIQUE,
     client_secret            text,
@@ -115,6 +115,12 @@ CREATE TABLE payment.payments (
 ) WITH (fillfactor = 90);
 ALTER SEQUENCE payment.payments_id_seq OWNED BY payment.payments.id;
 CREATE INDEX payments_order_id_idx ON payment.payments (order_id);
+-- A one-time payment has a PaymentIntent of its own; one PaymentIntent may pay several
+-- invoices of a subscription, and each of their payment rows names it.
+CREATE UNIQUE INDEX payments_one_time_intent_idx ON payment.payments (stripe_payment_intent_id)
+    WHERE recurring_payment_id IS NULL;
+CREATE INDEX payments_invoice_intent_idx ON payment.payments (stripe_payment_intent_id)
+    WHERE recurring_payment_id IS NOT NULL;
 
 -- Which payment a charge belongs to, for refunds that name only their charge (old API
 -- versions). Kept apart so that recording a charge on its payment touches no index of
@@ -144,6 +150,27 @@ CREATE TABLE payment.refunds (
 ) WITH (fillfactor = 90);
 ALTER SEQUENCE payment.refunds_id_seq OWNED BY payment.refunds.id;
 CREATE INDEX refunds_payment_id_idx ON payment.refunds (payment_id);
+
+-- API 2025-03-31+: Stripe's InvoicePayments, what paid each invoice of a subscription
+-- (src/webhook/apply/invoice_payments.rs). payment_type payment_intent or charge is money
+-- Stripe received; payment_record is money paid outside Stripe.
+CREATE SEQUENCE payment.invoice_payments_id_seq;
+CREATE TABLE payment.invoice_payments (
+    id                        bigint PRIMARY KEY DEFAULT pg_catalog.nextval('payment.invoice_payments_id_seq'),
+    stripe_invoice_payment_id text NOT NULL UNIQUE,
+    stripe_invoice_id         text NOT NULL,
+    payment_id                bigint REFERENCES payment.payments (id),
+    stripe_payment_intent_id  text,
+    stripe_charge_id          text,
+    amount_paid               bigint,
+    currency                  text NOT NULL,
+    status                    text NOT NULL,
+    payment_type              text NOT NULL,
+    created_at                timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at                timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+ALTER SEQUENCE payment.invoice_payments_id_seq OWNED BY payment.invoice_payments.id;
+CREATE INDEX invoice_payments_invoice_idx ON payment.invoice_payments (stripe_invoice_id);
 
 -- One row per order that a payment action has touched, locked FOR UPDATE by every action on
 -- that order (src/store/orders.rs, take_order_lock): a lock no role but payment_owner can
@@ -206,3 +233,5 @@ SELECT pg_catalog.pg_extension_config_dump('payment.recurring_payments_id_seq', 
 SELECT pg_catalog.pg_extension_config_dump('payment.payments_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('payment.refunds_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('payment.api_requests_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('payment.invoice_payments', '');
+SELECT pg_catalog.pg_extension_config_dump('payment.invoice_payments_id_seq', '');

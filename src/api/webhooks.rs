@@ -37,4 +37,18 @@ impl webhook::StripeReads for StripeApi {
             client.request(Method::Get, "/v1/refunds", &form, None, hooks)
         })
     }
+
+    fn payments_of_invoice(
+        &self,
+        invoice: &str,
+        starting_after: Option<&str>,
+    ) -> Result<serde_json::Value> {
+        let form = Form::new()
+            .push("invoice", invoice)
+            .push("limit", 100)
+            .push_opt("starting_after", starting_after);
+        stripe_call::call(|client, hooks| {
+            client.request(Method::Get, "/v1/invoice_payments", &form, None, hooks)
+        })
+    }
 }

@@ -53,6 +53,8 @@ pub enum EventKind {
     InvoicePaid,
     /// invoice.payment_failed
     InvoicePaymentFailed,
+    /// invoice_payment.paid (API 2025-03-31+: what paid an invoice)
+    InvoicePaymentPaid,
     Unhandled,
 }
 
@@ -78,6 +80,7 @@ impl EventKind {
             | "customer.subscription.resumed" => EventKind::Subscription,
             "invoice.paid" | "invoice.payment_succeeded" => EventKind::InvoicePaid,
             "invoice.payment_failed" => EventKind::InvoicePaymentFailed,
+            "invoice_payment.paid" => EventKind::InvoicePaymentPaid,
             _ => EventKind::Unhandled,
         }
     }
@@ -332,6 +335,33 @@ pub struct Invoice {
     pub parent: Option<InvoiceParent>,
     #[serde(default)]
     pub payment_intent: Option<Expandable<IdOnly>>,
+    /// Before API 2025-03-31: the invoice was marked paid outside Stripe.
+    #[serde(default)]
+    pub paid_out_of_band: Option<bool>,
+}
+
+/// API 2025-03-31+: one payment of an invoice; `payment.type` says whether it is money
+/// Stripe received (`payment_intent`, `charge`) or a record of money paid outside Stripe
+/// (`payment_record`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct InvoicePayment {
+    pub id: String,
+    pub invoice: Expandable<IdOnly>,
+    #[serde(default)]
+    pub amount_paid: Option<i64>,
+    pub currency: String,
+    pub status: String,
+    pub payment: InvoicePaymentSource,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct InvoicePaymentSource {
+    #[serde(rename = "type")]
+    pub payment_type: String,
+    #[serde(default)]
+    pub payment_intent: Option<Expandable<IdOnly>>,
+    #[serde(default)]
+    pub charge: Option<Expandable<IdOnly>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -27,6 +27,8 @@ use serde_json::{json, Value};
 pub trait StripeReads {
     /// One page of `GET /v1/refunds?charge=...`, as Stripe's JSON list.
     fn refunds_of_charge(&self, charge: &str, starting_after: Option<&str>) -> Result<Value>;
+    /// One page of `GET /v1/invoice_payments?invoice=...`, as Stripe's JSON list.
+    fn payments_of_invoice(&self, invoice: &str, starting_after: Option<&str>) -> Result<Value>;
 }
 
 /// What became of one delivery.

@@ -381,6 +381,23 @@ def _new_database(cluster, cls):
     return cls(cluster, name)
 
 
+@pytest.fixture(scope="session")
+def default_stripe(tmp_path_factory):
+    """A fake Stripe every test database calls unless the test points it elsewhere, so no
+    test ever reaches past this machine (the default API base is Stripe's own). It knows
+    none of the tests' hand-made objects: listing an invoice's payments there finds none."""
+    server = FakeStripe.start(tmp_path_factory.mktemp("default_stripe"), webhook_secret=ev.WEBHOOK_SECRET)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _call_stripe_at(d, url):
+    d.conn.execute(f'ALTER DATABASE "{d.name}" SET pg_payment.stripe_api_base = \'{url}\'')
+    d.conn.execute(f"SET pg_payment.stripe_api_base = '{url}'")
+
+
 @pytest.fixture
 def fake(tmp_path):
     """The project's own fake Stripe (tests/stripe_servers/fake_stripe.py), on 127.0.0.1,
@@ -414,13 +431,16 @@ def _drop_database(cluster, d):
 
 
 @pytest.fixture
-def new_database(cluster):
-    """Factory for extra empty databases (dropped after the test)."""
+def new_database(cluster, default_stripe):
+    """Factory for extra empty databases (dropped after the test), calling the local fake
+    Stripe like every test database."""
     made = []
 
     def make(create_sql_suffix=""):
         name = "e2e_" + uuid.uuid4().hex[:12]
         cluster.admin.execute(f'CREATE DATABASE "{name}" {create_sql_suffix}')
+        cluster.admin.execute(f'ALTER DATABASE "{name}" SET pg_payment.stripe_api_base = '
+                              f"'{default_stripe.url}'")
         d = Database(cluster, name)
         made.append(d)
         return d
@@ -431,11 +451,12 @@ def new_database(cluster):
 
 
 @pytest.fixture
-def db(cluster, install_mode):
+def db(cluster, install_mode, default_stripe):
     """A fresh database with pg_payment created and the test roles granted."""
     d = _new_database(cluster, Database)
     try:
         create_extension(d.conn, install_mode)
+        _call_stripe_at(d, default_stripe.url)
         _grant_memberships(d.conn)
         yield d
     finally:
@@ -443,11 +464,12 @@ def db(cluster, install_mode):
 
 
 @pytest.fixture
-def shop(cluster, install_mode):
+def shop(cluster, install_mode, default_stripe):
     """A fresh database with pg_payment configured (test keys) and public.orders linked."""
     d = _new_database(cluster, Shop)
     try:
         create_extension(d.conn, install_mode)
+        _call_stripe_at(d, default_stripe.url)
         _grant_memberships(d.conn)
         d.configure()
         d.create_orders()

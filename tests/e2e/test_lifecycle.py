@@ -346,3 +346,92 @@ def test_a_dashboard_refund_on_api_2023_10_16_is_listed_from_stripe_and_counted(
     api.value("SELECT payment.process_stripe_event(%s, %s)", (again["payload"], again["signature"]))
     assert api.payment_row(row["id"])["amount_refunded"] == 700
     assert len(fake.requests("/v1/refunds", method="GET")) == 1
+
+
+# --------------------------------------------------------------------------
+# API 2025-03-31+: renewal payments linked through InvoicePayments
+
+
+def stripe_get(fake, path):
+    req = urllib.request.Request(f"{fake.url}{path}", headers={"Authorization": f"Bearer {ev.SECRET_KEY}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def apply(shop, sent):
+    return shop.value("SELECT payment.process_stripe_event(%s, %s)", (sent["payload"], sent["signature"]))
+
+
+def active_subscription(api, fake, user):
+    oid = api.order(price="10.00", user_id=user)
+    sub = api.row("SELECT * FROM payment.start_subscription(%s, 'price_monthly')", (oid,))
+    assert apply(api, fake.event("customer.subscription.updated", sub["stripe_subscription_id"],
+                                 status="active"))["outcome"] == "applied"
+    return sub
+
+
+def renewal_payment(api, sub):
+    return api.row("SELECT * FROM payment.payments WHERE recurring_payment_id = %s ORDER BY id DESC LIMIT 1",
+                   (sub["id"],))
+
+
+def invoice_payment_of(fake, invoice):
+    return stripe_get(fake, f"/v1/invoice_payments?invoice={invoice}")["data"][0]
+
+
+def listings(fake):
+    return [r for r in fake.requests("/v1/invoice_payments", method="GET")]
+
+
+def test_a_renewal_invoice_first_lists_its_payments_and_is_refundable(api, fake):
+    sub = active_subscription(api, fake, "renewer_1")
+    sent = fake.event("invoice.paid", sub["stripe_subscription_id"])
+    invoice = sent["object_id"]
+    assert "payment_intent" not in json.loads(sent["payload"])["data"]["object"]  # basil
+    assert apply(api, sent)["outcome"] == "applied"
+    ours = listings(fake)
+    assert len(ours) == 1 and f"invoice={invoice}" in ours[0]["query"]
+    pay = renewal_payment(api, sub)
+    inpay = invoice_payment_of(fake, invoice)
+    assert pay["stripe_payment_intent_id"] == inpay["payment"]["payment_intent"]
+    row = api.row("SELECT * FROM payment.invoice_payments WHERE stripe_invoice_payment_id = %s", (inpay["id"],))
+    assert (row["payment_id"], row["status"], row["payment_type"]) == (pay["id"], "paid", "payment_intent")
+    # The renewal payment is refundable, and a dashboard refund of it is counted.
+    refund = api.row("SELECT * FROM payment.refund_payment(%s, 300)", (pay["id"],))
+    assert refund["amount"] == 300
+    data = urllib.parse.urlencode({"payment_intent": pay["stripe_payment_intent_id"], "amount": 200}).encode()
+    req = urllib.request.Request(f"{fake.url}/v1/refunds", data=data,
+                                 headers={"Authorization": f"Bearer {ev.SECRET_KEY}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        dashboard = json.loads(resp.read())
+    assert apply(api, fake.event("refund.created", dashboard["id"]))["outcome"] == "applied"
+    assert api.payment_row(pay["id"])["amount_refunded"] == 500
+
+
+def test_the_invoice_payment_first_gives_the_same_rows(api, fake):
+    sub = active_subscription(api, fake, "renewer_2")
+    sent_invoice = fake.event("invoice.paid", sub["stripe_subscription_id"])
+    inpay = invoice_payment_of(fake, sent_invoice["object_id"])
+    listed_before = len(listings(fake))
+    assert apply(api, fake.event("invoice_payment.paid", inpay["id"]))["outcome"] == "applied"
+    assert apply(api, sent_invoice)["outcome"] == "applied"
+    pay = renewal_payment(api, sub)
+    assert pay["stripe_payment_intent_id"] == inpay["payment"]["payment_intent"]
+    assert api.value("SELECT payment_id FROM payment.invoice_payments WHERE stripe_invoice_payment_id = %s",
+                     (inpay["id"],)) == pay["id"]
+    assert len(listings(fake)) == listed_before  # nothing to ask Stripe: it was stored
+
+
+def test_an_invoice_paid_out_of_band_is_not_stripe_money(api, fake):
+    """A payment_record is money paid outside Stripe: no payment row, no renewal order."""
+    sub = active_subscription(api, fake, "renewer_3")
+    orders_before = api.value("SELECT count(*) FROM public.orders")
+    sent_invoice = fake.event("invoice.paid", sub["stripe_subscription_id"])
+    inpay = invoice_payment_of(fake, sent_invoice["object_id"])
+    fake.event("invoice_payment.paid", inpay["id"],
+               payment={"type": "payment_record", "payment_intent": None,
+                        "payment_record": "pr_e2eOutOfBand"})
+    assert apply(api, sent_invoice)["outcome"] == "ignored"
+    assert api.value("SELECT count(*) FROM public.orders") == orders_before
+    assert api.value("SELECT count(*) FROM payment.payments WHERE stripe_invoice_id = %s",
+                     (sent_invoice["object_id"],)) == 0

@@ -115,11 +115,13 @@ APP_FUNCTIONS = [
     "from_minor_units(bigint,text)", "publishable_key()", "start_subscription(bigint,text)",
     "start_subscription_id(bigint,text)", "to_minor_units(numeric,text)",
 ]
-ALL_TABLES = ["api_requests", "callbacks", "charges", "customers", "events", "installation", "order_link",
+ALL_TABLES = ["api_requests", "callbacks", "charges", "customers", "events", "installation", "invoice_payments",
+              "order_link",
               "order_locks", "payments", "recurring_payments", "refunds", "secrets"]
-SEQUENCES = ["api_requests_id_seq", "change_seq", "payments_id_seq", "recurring_payments_id_seq", "refunds_id_seq",
+SEQUENCES = ["api_requests_id_seq", "change_seq", "invoice_payments_id_seq", "payments_id_seq", "recurring_payments_id_seq", "refunds_id_seq",
              "secrets_id_seq"]
-READABLE_TABLES = ["api_requests", "callbacks", "events", "order_link", "payments", "recurring_payments", "refunds"]
+READABLE_TABLES = ["api_requests", "callbacks", "events", "invoice_payments", "order_link", "payments",
+                   "recurring_payments", "refunds"]
 EXPECTED_GRANTS = sorted(
     [("schema payment", role, "USAGE") for role in ("payment_admin", "payment_app", "payment_webhook")]
     + [(f"table payment.{t}", role, "SELECT") for t in READABLE_TABLES for role in ("payment_admin", "payment_app")]
@@ -361,8 +363,9 @@ def test_secret_passed_as_a_literal_never_reaches_the_server_log(shop):
 
 def test_settings_have_their_documented_defaults(shop):
     load_library(shop.conn)
+    # boot_val: the tests point every database at a local fake Stripe.
     settings = dict(shop.conn.execute(
-        "SELECT name, setting FROM pg_settings WHERE name LIKE 'pg_payment.%'").fetchall())
+        "SELECT name, boot_val FROM pg_settings WHERE name LIKE 'pg_payment.%'").fetchall())
     assert settings.get("pg_payment.stripe_api_base") == "https://api.stripe.com"
     assert settings.get("pg_payment.webhook_tolerance_s") == "300"
     assert settings.get("pg_payment.notify_channel") == "pg_payment"

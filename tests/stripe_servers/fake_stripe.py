@@ -24,6 +24,8 @@ expand[]=a or expand[0]=a); every request needs `Authorization: Bearer sk_test_.
   POST   /v1/payment_intents/{id}/cancel
   POST   /v1/refunds                        payment_intent | charge, amount (default: what remains), reason, metadata
   GET    /v1/refunds[/{id}], /v1/charges/{id}, /v1/invoices/{id}, /v1/prices/{id}
+  GET    /v1/invoice_payments[/{id}]            (list filter: invoice): API 2025-03-31's link
+                                            between an invoice and its PaymentIntent
   POST   /v1/customers, GET /v1/customers[/{id}]   (list filters: email)
   POST   /v1/subscriptions                  customer, items[0][price], metadata, payment_behavior,
                                             payment_settings[save_default_payment_method], expand[]
@@ -607,6 +609,14 @@ def make_invoice(st, sub, billing_reason, period_start, period_end):
                     "type": "price_details", "unit_amount_decimal": str(price["unit_amount"])},
         "quantity": 1,
     }
+    # API 2025-03-31+: an InvoicePayment links the invoice to what pays it.
+    inpay = st.put({
+        "id": new_id("inpay"), "object": "invoice_payment", "amount_paid": None,
+        "amount_requested": amount, "created": created, "currency": price["currency"],
+        "invoice": in_id, "is_default": True, "livemode": False,
+        "payment": {"type": "payment_intent", "payment_intent": pi["id"]},
+        "status": "open", "status_transitions": {"canceled_at": None, "paid_at": None},
+    })
     return st.put({
         "id": in_id, "object": "invoice", "account_country": "US",
         "account_name": "pg_payment test", "amount_due": amount, "amount_paid": 0,
@@ -627,14 +637,18 @@ def make_invoice(st, sub, billing_reason, period_start, period_end):
         "status_transitions": {"finalized_at": created, "marked_uncollectible_at": None,
                                "paid_at": None, "voided_at": None},
         "subtotal": amount, "total": amount,
-        "_subscription": sub["id"], "_payment_intent": pi["id"],
+        "_subscription": sub["id"], "_payment_intent": pi["id"], "_invoice_payment": inpay["id"],
     })
 
 
 def invoice_paid(st, inv):
-    pi = st.objects[inv["_payment_intent"]]
-    pi_succeed(st, pi)
     t = now()
+    inpay = st.objects.get(inv.get("_invoice_payment"))
+    if inpay is not None:
+        inpay.update(status="paid", amount_paid=inv["amount_due"])
+        inpay["status_transitions"]["paid_at"] = t
+    if inpay is None or inpay["payment"]["type"] == "payment_intent":
+        pi_succeed(st, st.objects[inv["_payment_intent"]])
     inv.update(status="paid", amount_paid=inv["amount_due"], amount_remaining=0,
                attempt_count=max(1, inv["attempt_count"]), attempted=True, auto_advance=False)
     inv["status_transitions"]["paid_at"] = t
@@ -986,6 +1000,8 @@ ROUTES = [
     ("DELETE", f"/v1/subscriptions/{ID}", cancel_subscription),
     ("GET", f"/v1/invoices/{ID}", retrieve("invoice")),
     ("GET", f"/v1/prices/{ID}", retrieve_price),
+    ("GET", "/v1/invoice_payments", list_of("invoice_payment", ["invoice"])),
+    ("GET", f"/v1/invoice_payments/{ID}", retrieve("invoice_payment")),
 ]
 
 
@@ -1091,6 +1107,15 @@ def build_event(st, type_, object_id, *, api_version=None, created=None, event_i
             obj["status"] = "active"
     elif family == "customer" and kind == "customer":
         pass
+    elif family == "invoice_payment" and kind == "invoice_payment":
+        # overrides (say {"payment": {"type": "payment_record", ...}}) first: an invoice paid
+        # out of band is paid by a payment record, not by its PaymentIntent.
+        if overrides:
+            deep_merge(obj, overrides)
+            overrides = None
+        inv = st.objects[obj["invoice"]]
+        if type_ == "invoice_payment.paid" and inv["status"] != "paid":
+            invoice_paid(st, inv)
     elif family == "invoice" and kind in ("subscription", "invoice"):
         if kind == "subscription":
             # A new billing cycle: the period moves on and a new invoice is billed.

@@ -1,5 +1,6 @@
 //! The apply step, one module per system callback family.
 
+mod invoice_payments;
 mod payments;
 mod refunds;
 mod subscriptions;
@@ -22,7 +23,8 @@ pub fn apply(
         EventKind::Refund => refunds::apply_refund_event(envelope),
         EventKind::ChargeRefunded => refunds::apply_charge_refunded(envelope, stripe),
         EventKind::Subscription => subscriptions::apply_subscription(envelope),
-        EventKind::InvoicePaid => subscriptions::apply_invoice_paid(envelope),
+        EventKind::InvoicePaid => subscriptions::apply_invoice_paid(envelope, stripe),
+        EventKind::InvoicePaymentPaid => invoice_payments::apply_invoice_payment_paid(envelope),
         EventKind::InvoicePaymentFailed => subscriptions::apply_invoice_payment_failed(envelope),
         EventKind::Unhandled => Ok(Outcome::Ignored),
     }

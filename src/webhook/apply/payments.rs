@@ -10,7 +10,7 @@ use pgrx::prelude::*;
 
 const LOCK_PAYMENT_BY_INTENT: &str = "\
     SELECT id, status, EXTRACT(epoch FROM last_event_at)::int8, amount, currency, amount_refunded \
-      FROM payment.payments WHERE stripe_payment_intent_id = $1 FOR UPDATE";
+      FROM payment.payments WHERE stripe_payment_intent_id = $1 AND recurring_payment_id IS NULL FOR UPDATE";
 
 const MOVE_PAYMENT: &str = "\
     UPDATE payment.payments SET status = $2, amount_received = COALESCE($3, amount_received), \

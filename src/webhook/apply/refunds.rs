@@ -14,8 +14,10 @@ use pgrx::spi::SpiClient;
 
 const PAYMENT_OF_REFUND: &str =
     "SELECT payment_id FROM payment.refunds WHERE stripe_refund_id = $1";
+/// A PaymentIntent that paid several invoices is named by each of their payment rows: its
+/// refunds count against the newest.
 const PAYMENT_BY_INTENT: &str =
-    "SELECT id FROM payment.payments WHERE stripe_payment_intent_id = $1";
+    "SELECT id FROM payment.payments WHERE stripe_payment_intent_id = $1 ORDER BY id DESC LIMIT 1";
 const PAYMENT_BY_CHARGE: &str =
     "SELECT payment_id FROM payment.charges WHERE stripe_charge_id = $1";
 const SET_CHARGE: &str = "\

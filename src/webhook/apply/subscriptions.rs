@@ -1,12 +1,13 @@
 //! The recurring callbacks: customer.subscription.* move the recurring payment
 //! (management); a paid renewal invoice creates a new order and its payment (deduction).
 
+use super::invoice_payments::{self, PaidWith};
 use super::{object, waited_for_creator};
 use crate::error::{PaymentError, Result};
 use crate::store::{self, orders, BOOL, INT8, TEXT};
 use crate::webhook::event::{Envelope, Invoice, Subscription};
 use crate::webhook::transitions::{subscription_may_move, SUBSCRIPTION_STATUSES};
-use crate::webhook::Outcome;
+use crate::webhook::{Outcome, StripeReads};
 use pgrx::prelude::*;
 
 const LOCK_RECURRING: &str = "\
@@ -118,8 +119,12 @@ pub fn apply_subscription(envelope: &Envelope<'_>) -> Result<Outcome> {
 /// is paid by a NEW order, a copy of the subscription's; any other invoice (the first one,
 /// a proration) is a payment of the subscription's own order. An invoice that took no money
 /// (a trial's first one) records nothing.
-pub fn apply_invoice_paid(envelope: &Envelope<'_>) -> Result<Outcome> {
+pub fn apply_invoice_paid(envelope: &Envelope<'_>, stripe: &dyn StripeReads) -> Result<Outcome> {
     let invoice: Invoice = object(envelope)?;
+    // Marked paid outside Stripe (before API 2025-03-31): no money Stripe received.
+    if invoice.paid_out_of_band == Some(true) {
+        return Ok(Outcome::Ignored);
+    }
     let renewal = invoice.billing_reason.as_deref() == Some("subscription_cycle");
     let Some(subscription_id) = invoice.subscription_id() else {
         return Ok(Outcome::Ignored);
@@ -135,6 +140,19 @@ pub fn apply_invoice_paid(envelope: &Envelope<'_>) -> Result<Outcome> {
         {
             return Ok(Outcome::Applied);
         }
+        // Before API 2025-03-31 the invoice names its PaymentIntent; from then on its
+        // InvoicePayments say what paid it, and a payment record is not money Stripe holds.
+        let intent = match invoice.payment_intent.as_ref().map(|p| p.id().to_string()) {
+            Some(intent) => Some(intent),
+            None if invoice.amount_paid > 0 => {
+                match invoice_payments::paid_with(client, stripe, &invoice.id)? {
+                    PaidWith::Stripe(intent) => intent,
+                    PaidWith::OutOfBand => return Ok(Outcome::Ignored),
+                    PaidWith::Nothing => None,
+                }
+            }
+            None => None,
+        };
         let order_id = if renewal {
             orders::copy_for_renewal(client, recurring.order_id)?
         } else if invoice.amount_paid > 0 {
@@ -155,12 +173,21 @@ pub fn apply_invoice_paid(envelope: &Envelope<'_>) -> Result<Outcome> {
                 recurring.id.into(),
                 invoice.amount_paid.into(),
                 invoice.currency.to_lowercase().into(),
-                invoice.payment_intent.as_ref().map(|p| p.id()).into(),
+                intent.as_deref().into(),
                 invoice.id.as_str().into(),
                 (recurring.livemode || envelope.livemode).into(),
                 envelope.created.into(),
             ],
         )?;
+        let stmt = store::plan(client, PAYMENT_OF_INVOICE, &[TEXT])?;
+        let payment_id = store::first_value::<i64>(client.update(
+            stmt,
+            Some(1),
+            &[invoice.id.as_str().into()],
+        )?)?;
+        if let Some(payment_id) = payment_id {
+            invoice_payments::link(client, payment_id, &invoice.id)?;
+        }
         Ok(Outcome::Applied)
     })
 }
