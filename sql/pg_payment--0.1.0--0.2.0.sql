@@ -169,6 +169,17 @@ $fn$;
 COMMENT ON FUNCTION payment.cancel_payment(bigint) IS
     'Cancel the PaymentIntent of a payment that is not paid yet; returns the payment.';
 
+-- Operations: health() answers the troubleshooting table in one query.
+CREATE FUNCTION payment."health"() RETURNS TABLE (
+	"name" TEXT,
+	"status" TEXT,
+	"detail" TEXT,
+	"hint" TEXT
+)
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'health_wrapper';
+
 -- The hardening, re-runnable (the same text as sql/finalize.sql).
 CREATE FUNCTION payment.harden() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $harden$
@@ -195,6 +206,27 @@ BEGIN
     LOOP
         -- Their sequences, indexes and row types follow.
         EXECUTE pg_catalog.format('ALTER TABLE %s OWNER TO %s', obj.rel, ext_owner);
+    END LOOP;
+    -- A sequence no table owns, and the event triggers, are created by whoever runs the
+    -- script: an upgrade run by another superuser must not leave them that role's.
+    FOR obj IN
+        SELECT c.oid::regclass AS rel
+          FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class c ON c.oid = d.objid
+         WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_extension'::regclass
+           AND d.refobjid = ext AND d.deptype = 'e' AND c.relkind = 'S'
+           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend o
+                            WHERE o.classid = 'pg_catalog.pg_class'::regclass AND o.objid = c.oid
+                              AND o.refclassid = 'pg_catalog.pg_class'::regclass AND o.deptype IN ('a', 'i'))
+    LOOP
+        EXECUTE pg_catalog.format('ALTER SEQUENCE %s OWNER TO %s', obj.rel, ext_owner);
+    END LOOP;
+    FOR obj IN
+        SELECT e.evtname
+          FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_event_trigger e ON e.oid = d.objid
+         WHERE d.classid = 'pg_catalog.pg_event_trigger'::regclass AND d.refclassid = 'pg_catalog.pg_extension'::regclass
+           AND d.refobjid = ext AND d.deptype = 'e'
+    LOOP
+        EXECUTE pg_catalog.format('ALTER EVENT TRIGGER %I OWNER TO %s', obj.evtname, ext_owner);
     END LOOP;
     FOR obj IN
         SELECT t.oid::regtype AS typ
@@ -290,6 +322,7 @@ BEGIN
         payment.add_callback(text, regprocedure),
         payment.remove_callback(text, regprocedure),
         payment.retry_failed_events(),
+        payment.health(),
         payment.link_order_table(regclass, name, name, name, name, name, text, text),
         payment.refund_payment(bigint, bigint),
         payment.refund_payment_id(bigint, bigint),

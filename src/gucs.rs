@@ -18,6 +18,9 @@ pub static NOTIFY_CHANNEL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"pg_payment"));
 pub static HTTP_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 pub static MAX_NETWORK_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(2);
+/// How long a payment may stay pending with no event before health() warns (an interval).
+pub static PENDING_WARN_AFTER: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"1 hour"));
 
 pub fn init() {
     define_api_base();
@@ -57,6 +60,14 @@ pub fn init() {
         &MAX_NETWORK_RETRIES,
         0,
         10,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_payment.pending_warn_after",
+        c"How long a payment may stay pending with no event before health() warns.",
+        c"An interval, such as '1 hour' or '30 minutes'.",
+        &PENDING_WARN_AFTER,
         GucContext::Userset,
         GucFlags::default(),
     );

@@ -15,7 +15,7 @@ fn setup() {
     Spi::run(
         "CREATE TABLE public.orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
          user_id text, price numeric(12,2) NOT NULL, status text NOT NULL DEFAULT 'new'); \
-         SELECT payment.link_order_table('public.orders'); \
+         SELECT payment.link_order_table('public.orders', currency => 'usd'); \
          INSERT INTO public.orders (user_id, price) VALUES ('u1', 10.00); \
          INSERT INTO payment.payments (order_id, amount, currency, stripe_payment_intent_id) \
          VALUES (1, 1000, 'usd', 'pi_pgtest');",

@@ -35,7 +35,10 @@ fn order_id(row: &PgHeapTuple<'_, AllocatedByPostgres>, column: &str) -> Result<
         ))
     })?;
     let bad = |e: pgrx::datum::TryFromDatumError| PaymentError::Internal(e.to_string());
-    Ok(match attribute.type_oid().value() {
+    // link_order_table accepts a domain over an integer type: read the base type's value.
+    // SAFETY: a syscache lookup of a type that the row's descriptor names.
+    let base = unsafe { pg_sys::getBaseType(attribute.type_oid().value()) };
+    Ok(match base {
         pg_sys::INT2OID => row.get_by_index::<i16>(number).map_err(bad)?.map(i64::from),
         pg_sys::INT4OID => row.get_by_index::<i32>(number).map_err(bad)?.map(i64::from),
         _ => row.get_by_index::<i64>(number).map_err(bad)?,
@@ -121,15 +124,20 @@ fn in_own_script() -> bool {
     }
 }
 
-/// Did this command touch the linked table (or the schema holding it), and if so, does it
-/// still have its name, its linked columns' types, and its guard triggers enabled?
+/// Did this command touch the linked table (the table, the schema holding it, or a trigger on
+/// it), and if so, does it still have its name, its linked columns' types, and its guard
+/// triggers: none of them renamed away, replaced by another function, or disabled (a state
+/// check, so that link_order_table creating them one after the other is not refused)?
 const CHECK_AFTER_DDL: &str = "\
     WITH link AS (SELECT * FROM payment.order_link), \
     touched AS ( \
         SELECT 1 FROM pg_catalog.pg_event_trigger_ddl_commands() d, link l, pg_catalog.pg_class c \
          WHERE c.oid = l.order_table \
            AND ((d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = l.order_table) \
-             OR (d.classid = 'pg_catalog.pg_namespace'::regclass AND d.objid = c.relnamespace))) \
+             OR (d.classid = 'pg_catalog.pg_namespace'::regclass AND d.objid = c.relnamespace) \
+             OR (d.classid = 'pg_catalog.pg_trigger'::regclass \
+                 AND EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t \
+                              WHERE t.oid = d.objid AND t.tgrelid = l.order_table)))) \
     SELECT l.table_name, \
            (SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) \
               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -143,7 +151,11 @@ const CHECK_AFTER_DDL: &str = "\
                 ON a.attrelid = l.order_table AND a.attnum > 0 AND NOT a.attisdropped \
                AND a.attname::text = ANY (k.cols)), \
            EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t \
-                    WHERE t.tgrelid = l.order_table AND t.tgname = ANY ($1) AND t.tgenabled IN ('D', 'R')) \
+                    WHERE t.tgrelid = l.order_table \
+                      AND ((t.tgfoid = 'payment.guard_order_rows()'::pg_catalog.regprocedure \
+                            AND (t.tgname <> ALL ($1) OR t.tgenabled NOT IN ('O', 'A'))) \
+                        OR (t.tgname = ANY ($1) \
+                            AND t.tgfoid <> 'payment.guard_order_rows()'::pg_catalog.regprocedure))) \
       FROM link l WHERE EXISTS (SELECT 1 FROM touched)";
 
 /// ddl_command_end: a rename, a move to another schema, a retyped linked column, or a
@@ -193,7 +205,10 @@ fn guard_order_link_ddl() {
             });
         }
         if disabled {
-            return Err(guard_trigger_violation(&linked_name, "disabled"));
+            return Err(guard_trigger_violation(
+                &linked_name,
+                "renamed, replaced or disabled",
+            ));
         }
         Ok(())
     };

@@ -3,6 +3,7 @@
 
 pub mod callbacks;
 pub mod config;
+pub mod health;
 pub mod link_guards;
 pub mod order_link;
 pub mod payments;

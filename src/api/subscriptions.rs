@@ -26,7 +26,7 @@ const INSERT_RECURRING: &str = "\
     VALUES ($1, $2, $3, $4, $5, $6, pg_catalog.to_timestamp($7), pg_catalog.to_timestamp($8), $9, $10) \
     RETURNING id";
 const LOCK_RECURRING: &str = "\
-    SELECT stripe_subscription_id, status, updated_at::text \
+    SELECT stripe_subscription_id, status, EXTRACT(epoch FROM updated_at)::text \
       FROM payment.recurring_payments WHERE id = $1 FOR UPDATE";
 const UPDATE_AFTER_CANCEL: &str = "\
     UPDATE payment.recurring_payments SET status = $2, cancel_at_period_end = $3, \

@@ -206,3 +206,19 @@ def test_a_link_made_without_a_currency_is_completed_once(db):
     err = assert_link_refused(db, currency="eur")
     assert err.sqlstate == "2BP01"
     link(db.conn, currency="usd")  # and the completed link may be repeated
+
+
+def test_an_id_column_of_a_domain_type_is_guarded(db):
+    """link_order_table accepts a domain over an integer type; the row guard reads it."""
+    db.conn.execute("CREATE DOMAIN public.order_key AS integer CHECK (VALUE > 0)")
+    db.conn.execute("CREATE SEQUENCE public.order_key_seq")
+    db.conn.execute("CREATE TABLE public.orders (id public.order_key PRIMARY KEY DEFAULT nextval('public.order_key_seq'),"
+                    " user_id text, price numeric NOT NULL, status text)")
+    link(db.conn)
+    free = db.value("INSERT INTO public.orders (price) VALUES (1) RETURNING id")
+    paid = db.value("INSERT INTO public.orders (price) VALUES (1) RETURNING id")
+    db.conn.execute("INSERT INTO payment.payments (order_id, amount, currency, status) VALUES (%s, 100, 'usd', 'succeeded')",
+                    (paid,))
+    db.conn.execute("DELETE FROM public.orders WHERE id = %s", (free,))
+    err = errors_out(db.conn, "DELETE FROM public.orders WHERE id = %s", (paid,))
+    assert err.sqlstate == "23503"

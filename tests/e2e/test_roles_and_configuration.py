@@ -103,7 +103,7 @@ def test_nothing_in_the_schema_is_granted_to_public(db):
 # DESIGN.md's Roles section, nothing more (an upgrade must leave the same).
 ADMIN_ONLY_FUNCTIONS = [
     "add_callback(text,regprocedure)", "add_webhook_secret(text)", "cancel_subscription(bigint,boolean)",
-    "cancel_subscription_id(bigint,boolean)", "configure(text,text,text)", "guard_order_rows()",
+    "cancel_subscription_id(bigint,boolean)", "configure(text,text,text)", "guard_order_rows()", "health()",
     "link_order_table(regclass,name,name,name,name,name,text,text)", "refund_payment(bigint,bigint)",
     "refund_payment_id(bigint,bigint)", "remove_callback(text,regprocedure)", "remove_webhook_secret(text)",
     "retry_failed_events()",

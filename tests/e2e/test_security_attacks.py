@@ -791,3 +791,20 @@ def test_stripe_api_base_refuses_a_url_that_is_not_https_or_loopback(loaded, url
 def test_stripe_api_base_accepts_https_and_loopback_http(loaded, url):
     loaded.conn.execute(f"SET pg_payment.stripe_api_base = '{url}'")
     assert loaded.value("SHOW pg_payment.stripe_api_base") == url
+
+
+@pytest.mark.parametrize("ddl", [
+    pytest.param("ALTER TRIGGER pg_payment_guard_rows ON shop.orders RENAME TO harmless", id="rename"),
+    pytest.param("CREATE OR REPLACE TRIGGER pg_payment_guard_rows BEFORE DELETE ON shop.orders "
+                 "FOR EACH ROW EXECUTE FUNCTION shop.noop()", id="replace"),
+])
+def test_order_table_owner_cannot_rename_or_replace_the_guard_triggers(attacker, ddl):
+    """A renamed guard could then be dropped or disabled under its new name."""
+    a = attacker
+    a.conn.execute("CREATE FUNCTION shop.noop() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN OLD; END$$")
+    with pytest.raises(psycopg.Error) as info:
+        a.conn.execute(ddl)
+    assert info.value.sqlstate == "2BP01", info.value
+    names = a.db.value("SELECT array_agg(tgname::text ORDER BY tgname) FROM pg_trigger"
+                       " WHERE tgrelid = 'shop.orders'::regclass AND NOT tgisinternal")
+    assert names == ["pg_payment_guard_rows", "pg_payment_guard_truncate"]

@@ -1,8 +1,9 @@
 //! API 2025-03-31+: an invoice names no PaymentIntent; its InvoicePayments say what paid it.
-//! `invoice_payment.paid`, or Stripe's list of an invoice's payments when an invoice event
-//! arrives first, fill `payment.invoice_payments` and link the invoice's payment row to its
-//! PaymentIntent and charge, so it can be refunded and its dashboard refunds are counted.
-//! Either order gives the same rows.
+//! The invoice event lists the invoice's payments from Stripe (unless they are stored
+//! already) and `invoice_payment.paid` records one for an invoice already known: they fill
+//! `payment.invoice_payments` and link the invoice's payment row to its PaymentIntent and
+//! charge, so it can be refunded and its dashboard refunds are counted. Either order gives
+//! the same rows.
 
 use super::object;
 use crate::error::{PaymentError, Result};
@@ -49,9 +50,19 @@ const SOURCES: &str = "\
               FILTER (WHERE status = 'paid' AND payment_type IN ('payment_intent', 'charge')))[1] \
       FROM payment.invoice_payments WHERE stripe_invoice_id = $1";
 
+/// Recorded only for an invoice this database has a payment of: an invoice it does not know
+/// (yet) is another installation's, or its invoice event has not arrived, and that event
+/// lists the invoice's payments from Stripe itself.
 pub fn apply_invoice_payment_paid(envelope: &Envelope<'_>) -> Result<Outcome> {
     let paid: InvoicePayment = object(envelope)?;
     Spi::connect_mut(|client| {
+        let stmt = store::plan(client, PAYMENT_OF_INVOICE, &[TEXT])?;
+        let known = !client
+            .update(stmt, Some(1), &[paid.invoice.id().into()])?
+            .is_empty();
+        if !known {
+            return Ok(Outcome::Ignored);
+        }
         record(client, &paid)?;
         Ok(Outcome::Applied)
     })
