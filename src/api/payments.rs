@@ -46,9 +46,12 @@ struct PaymentRow {
     recurring: bool,
 }
 
-fn payment_row(client: &SpiClient<'_>, id: i64) -> Result<Option<PaymentRow>> {
+/// Read with `update`, not `select`: a read-only SPI query keeps the calling statement's
+/// snapshot, taken before the order lock was granted, and would miss what the transaction
+/// that held the lock just committed.
+fn payment_row(client: &mut SpiClient<'_>, id: i64) -> Result<Option<PaymentRow>> {
     let stmt = store::plan(client, PAYMENT, &[INT8])?;
-    let mut rows = client.select(stmt, Some(1), &[id.into()])?;
+    let mut rows = client.update(stmt, Some(1), &[id.into()])?;
     let Some(row) = rows.next() else {
         return Ok(None);
     };
@@ -109,9 +112,10 @@ fn create(order_id: i64, currency: &str, amount: i64) -> Result<i64> {
 
     // One order, one live PaymentIntent: a double click or a reloaded checkout page gets
     // the open payment back; a paid order is refused before Stripe is called.
-    let open = Spi::connect(|client| -> Result<Option<PaymentRow>> {
+    // Under the order lock, with a fresh snapshot (see payment_row).
+    let open = Spi::connect_mut(|client| -> Result<Option<PaymentRow>> {
         let stmt = store::plan(client, ORDER_PAYMENTS, &[INT8])?;
-        let mut rows = client.select(stmt, Some(1), &[order_id.into()])?;
+        let mut rows = client.update(stmt, Some(1), &[order_id.into()])?;
         let (paid, open) = match rows.next() {
             Some(row) => (row.get::<bool>(1)?.unwrap_or(false), row.get::<i64>(2)?),
             None => (false, None),
@@ -197,11 +201,11 @@ fn create(order_id: i64, currency: &str, amount: i64) -> Result<i64> {
 }
 
 fn cancel(payment_id: i64) -> Result<i64> {
-    let payment = Spi::connect(|client| payment_row(client, payment_id))?
+    let payment = Spi::connect_mut(|client| payment_row(client, payment_id))?
         .ok_or_else(|| PaymentError::NotFound(format!("payment {payment_id} does not exist")))?;
     // Serialised with create_payment on the same order.
     Spi::connect_mut(|client| orders::take_order_lock(client, payment.order_id))?;
-    let payment = Spi::connect(|client| payment_row(client, payment_id))?
+    let payment = Spi::connect_mut(|client| payment_row(client, payment_id))?
         .ok_or_else(|| PaymentError::NotFound(format!("payment {payment_id} does not exist")))?;
     if payment.recurring {
         return Err(PaymentError::PaymentStateForbids {

@@ -113,8 +113,9 @@ fn start(order_id: i64, price_id: &str) -> Result<i64> {
         let order = orders::lock_order(client, &link, order_id)?;
         // One live subscription per order (DESIGN.md): a second call while the first is
         // incomplete (the customer has not paid yet) gets it back.
+        // `update`, not `select`: a fresh snapshot, taken after the order lock was granted.
         let stmt = store::plan(client, LIVE_SUBSCRIPTION, &[INT8])?;
-        let mut rows = client.select(stmt, Some(1), &[order_id.into()])?;
+        let mut rows = client.update(stmt, Some(1), &[order_id.into()])?;
         if let Some(row) = rows.next() {
             let id: i64 = store::required(row.get(1)?, "recurring_payments.id")?;
             let status: String = store::required(row.get(2)?, "recurring_payments.status")?;

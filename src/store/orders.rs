@@ -171,8 +171,9 @@ pub fn lock_order(client: &mut SpiClient<'_>, link: &OrderLink, order_id: i64) -
     .ok_or_else(|| PaymentError::Internal("the order SELECT came out NULL".into()))?;
     let owner = table_owner(link)?;
     let row = identity::as_table_owner(owner, || {
-        Spi::connect(|client| -> Result<Option<OrderRow>> {
-            let mut rows = client.select(sql.as_str(), Some(1), &[order_id.into()])?;
+        // `update`, not `select`: a fresh snapshot, taken after the order lock was granted.
+        Spi::connect_mut(|client| -> Result<Option<OrderRow>> {
+            let mut rows = client.update(sql.as_str(), Some(1), &[order_id.into()])?;
             match rows.next() {
                 None => Ok(None),
                 Some(row) => Ok(Some((row.get(1)?, row.get(2)?, row.get(3)?))),
