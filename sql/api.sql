@@ -50,6 +50,36 @@ $fn$;
 COMMENT ON FUNCTION payment.cancel_payment(bigint) IS
     'Cancel the PaymentIntent of a payment that is not paid yet; returns the payment.';
 
+CREATE FUNCTION payment.refresh_payment(payment_id bigint)
+RETURNS payment.payments LANGUAGE plpgsql AS $fn$
+DECLARE
+    refreshed_id bigint;
+    result payment.payments;
+BEGIN
+    -- Call it once, into a variable: in a WHERE clause a volatile function could run per row.
+    refreshed_id := payment.refresh_payment_id(payment_id);
+    SELECT * INTO result FROM payment.payments WHERE id = refreshed_id;
+    RETURN result;
+END
+$fn$;
+COMMENT ON FUNCTION payment.refresh_payment(bigint) IS
+    'Read the payment''s PaymentIntent from Stripe and apply its current state (a webhook that never arrived).';
+
+CREATE FUNCTION payment.refresh_subscription(recurring_payment_id bigint)
+RETURNS payment.recurring_payments LANGUAGE plpgsql AS $fn$
+DECLARE
+    refreshed_id bigint;
+    result payment.recurring_payments;
+BEGIN
+    -- Call it once, into a variable: in a WHERE clause a volatile function could run per row.
+    refreshed_id := payment.refresh_subscription_id(recurring_payment_id);
+    SELECT * INTO result FROM payment.recurring_payments WHERE id = refreshed_id;
+    RETURN result;
+END
+$fn$;
+COMMENT ON FUNCTION payment.refresh_subscription(bigint) IS
+    'Read the subscription from Stripe and apply its current state (a webhook that never arrived).';
+
 CREATE FUNCTION payment.refund_payment(payment_id bigint, refund_amount bigint DEFAULT NULL)
 RETURNS payment.refunds LANGUAGE plpgsql AS $fn$
 DECLARE

@@ -180,6 +180,49 @@ STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'health_wrapper';
 
+-- Operations: refresh a payment or a subscription from Stripe.
+CREATE FUNCTION payment."refresh_payment_id"(
+	"payment_id" bigint /* Option < i64 > */
+) RETURNS bigint /* i64 */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'refresh_payment_id_wrapper';
+CREATE FUNCTION payment."refresh_subscription_id"(
+	"recurring_payment_id" bigint /* Option < i64 > */
+) RETURNS bigint /* i64 */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'refresh_subscription_id_wrapper';
+CREATE FUNCTION payment.refresh_payment(payment_id bigint)
+RETURNS payment.payments LANGUAGE plpgsql AS $fn$
+DECLARE
+    refreshed_id bigint;
+    result payment.payments;
+BEGIN
+    -- Call it once, into a variable: in a WHERE clause a volatile function could run per row.
+    refreshed_id := payment.refresh_payment_id(payment_id);
+    SELECT * INTO result FROM payment.payments WHERE id = refreshed_id;
+    RETURN result;
+END
+$fn$;
+COMMENT ON FUNCTION payment.refresh_payment(bigint) IS
+    'Read the payment''s PaymentIntent from Stripe and apply its current state (a webhook that never arrived).';
+
+CREATE FUNCTION payment.refresh_subscription(recurring_payment_id bigint)
+RETURNS payment.recurring_payments LANGUAGE plpgsql AS $fn$
+DECLARE
+    refreshed_id bigint;
+    result payment.recurring_payments;
+BEGIN
+    -- Call it once, into a variable: in a WHERE clause a volatile function could run per row.
+    refreshed_id := payment.refresh_subscription_id(recurring_payment_id);
+    SELECT * INTO result FROM payment.recurring_payments WHERE id = refreshed_id;
+    RETURN result;
+END
+$fn$;
+COMMENT ON FUNCTION payment.refresh_subscription(bigint) IS
+    'Read the subscription from Stripe and apply its current state (a webhook that never arrived).';
+
 -- The hardening, re-runnable (the same text as sql/finalize.sql).
 CREATE FUNCTION payment.harden() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $harden$
@@ -323,6 +366,10 @@ BEGIN
         payment.remove_callback(text, regprocedure),
         payment.retry_failed_events(),
         payment.health(),
+        payment.refresh_payment(bigint),
+        payment.refresh_payment_id(bigint),
+        payment.refresh_subscription(bigint),
+        payment.refresh_subscription_id(bigint),
         payment.link_order_table(regclass, name, name, name, name, name, text, text),
         payment.refund_payment(bigint, bigint),
         payment.refund_payment_id(bigint, bigint),

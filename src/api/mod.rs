@@ -7,6 +7,7 @@ pub mod health;
 pub mod link_guards;
 pub mod order_link;
 pub mod payments;
+pub mod refresh;
 pub mod refunds;
 mod stripe_call;
 pub mod subscriptions;

@@ -215,6 +215,48 @@ fn apply_guarded(envelope: &Envelope<'_>, kind: EventKind, stripe: &dyn StripeRe
     }
 }
 
+/// Apply the current state of an object read from Stripe (refresh_payment,
+/// refresh_subscription) as an event of `event_type` created now would bring it: the same
+/// forward-only rules and the same callbacks (an older state never overwrites a newer one,
+/// a final state stays final). Nothing is recorded in payment.events.
+pub fn apply_current_state(
+    event_type: &str,
+    object: Value,
+    livemode: bool,
+    stripe: &dyn StripeReads,
+) -> Result<Outcome> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let text = json!({
+        "id": format!("evt_refresh{now}"),
+        "object": "event",
+        "type": event_type,
+        "livemode": livemode,
+        "created": now,
+        "data": {"object": object},
+    })
+    .to_string();
+    let envelope = event::parse_envelope(&text).map_err(PaymentError::Internal)?;
+    let kind = EventKind::of(&envelope.event_type);
+    let writer = Writer {
+        event_id: None,
+        event_type: Some(event_type.to_string()),
+    };
+    while_writing(writer, || apply::apply(&envelope, kind, stripe))
+}
+
+/// Link a subscription's payment row to what paid its invoice, asking Stripe when nothing
+/// is stored yet (refresh_payment of a renewal payment).
+pub fn relink_invoice_payment(
+    payment_id: i64,
+    invoice: &str,
+    stripe: &dyn StripeReads,
+) -> Result<()> {
+    apply::relink_invoice_payment(payment_id, invoice, stripe)
+}
+
 /// `payment.retry_failed_events()`: apply stored failed events again, oldest first.
 /// Batched: each call takes at most `RETRY_BATCH` events, so subtransaction bookkeeping in
 /// one transaction stays small; call it again while it returns rows.

@@ -128,3 +128,70 @@ def test_a_member_of_payment_owner_fails(db):
     finally:
         db.conn.execute("REVOKE payment_owner FROM e2e_sneaky")
     assert status(db, "payment_owner") == "ok"
+
+
+# --------------------------------------------------------------------------
+# refresh_payment and refresh_subscription: a webhook that never arrived
+
+import urllib.parse  # noqa: E402
+import urllib.request  # noqa: E402
+
+from e2e_helpers import point_at  # noqa: E402
+
+
+@pytest.fixture
+def api(shop, fake):
+    point_at(shop, fake.url)
+    return shop
+
+
+def confirm_at(fake, pi):
+    data = urllib.parse.urlencode({"payment_method": "pm_card_visa"}).encode()
+    req = urllib.request.Request(f"{fake.url}/v1/payment_intents/{pi}/confirm", data=data,
+                                 headers={"Authorization": f"Bearer {ev.SECRET_KEY}"})
+    with urllib.request.urlopen(req, timeout=10):
+        pass
+
+
+def test_refresh_payment_applies_a_missed_success_with_its_callback(api, fake):
+    api.add_logging_callback("payment")
+    oid = api.order(price="10.00")
+    row = api.row("SELECT * FROM payment.create_payment(%s, 'usd', 1000)", (oid,))
+    confirm_at(fake, row["stripe_payment_intent_id"])  # paid at Stripe; the webhook is lost
+    assert api.payment_row(row["id"])["status"] == "pending"
+    refreshed = api.row("SELECT * FROM payment.refresh_payment(%s)", (row["id"],), conn=api.connect(ADMIN))
+    assert (refreshed["status"], refreshed["amount_received"]) == ("succeeded", 1000)
+    assert [c["cb"]["status"] for c in api.callback_log("payment")][-1] == "succeeded"
+    assert api.value("SELECT count(*) FROM payment.events") == 0  # nothing pretends to be an event
+
+
+def test_refresh_never_moves_a_payment_back(api, fake):
+    oid = api.order(price="10.00")
+    row = api.row("SELECT * FROM payment.create_payment(%s, 'usd', 1000)", (oid,))
+    confirm_at(fake, row["stripe_payment_intent_id"])
+    api.row("SELECT * FROM payment.refresh_payment(%s)", (row["id"],))
+    api.row("SELECT * FROM payment.refund_payment(%s, 300)", (row["id"],))
+    assert api.payment_row(row["id"])["status"] == "partially_refunded"
+    # Stripe's PaymentIntent still says succeeded: the refund state is newer and stays.
+    assert api.row("SELECT * FROM payment.refresh_payment(%s)", (row["id"],))["status"] == "partially_refunded"
+
+
+def test_refresh_subscription_applies_a_missed_update(api, fake):
+    api.add_logging_callback("recurring_management")
+    oid = api.order(price="10.00", user_id="refresher")
+    sub = api.row("SELECT * FROM payment.start_subscription(%s, 'price_monthly')", (oid,))
+    assert sub["status"] == "incomplete"
+    fake.event("customer.subscription.updated", sub["stripe_subscription_id"], status="active")  # lost
+    refreshed = api.row("SELECT * FROM payment.refresh_subscription(%s)", (sub["id"],))
+    assert refreshed["status"] == "active"
+    assert api.callback_log("recurring_management")[-1]["cb"]["previous"]["status"] == "incomplete"
+
+
+def test_refresh_is_for_payment_admin_and_names_unknown_rows(api):
+    denied(api.connect(APP), "SELECT * FROM payment.refresh_payment(1)")
+    with pytest.raises(Exception) as info:
+        api.row("SELECT * FROM payment.refresh_payment(424242)")
+    assert getattr(info.value, "sqlstate", None) == "P0002"
+    with pytest.raises(Exception) as info:
+        api.row("SELECT * FROM payment.refresh_subscription(424242)")
+    assert getattr(info.value, "sqlstate", None) == "P0002"

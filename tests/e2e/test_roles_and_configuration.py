@@ -104,6 +104,8 @@ def test_nothing_in_the_schema_is_granted_to_public(db):
 ADMIN_ONLY_FUNCTIONS = [
     "add_callback(text,regprocedure)", "add_webhook_secret(text)", "cancel_subscription(bigint,boolean)",
     "cancel_subscription_id(bigint,boolean)", "configure(text,text,text)", "guard_order_rows()", "health()",
+    "refresh_payment(bigint)", "refresh_payment_id(bigint)", "refresh_subscription(bigint)",
+    "refresh_subscription_id(bigint)",
     "link_order_table(regclass,name,name,name,name,name,text,text)", "refund_payment(bigint,bigint)",
     "refund_payment_id(bigint,bigint)", "remove_callback(text,regprocedure)", "remove_webhook_secret(text)",
     "retry_failed_events()",

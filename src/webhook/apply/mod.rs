@@ -30,6 +30,17 @@ pub fn apply(
     }
 }
 
+pub fn relink_invoice_payment(
+    payment_id: i64,
+    invoice: &str,
+    stripe: &dyn StripeReads,
+) -> Result<()> {
+    pgrx::spi::Spi::connect_mut(|client| {
+        invoice_payments::paid_with(client, stripe, invoice)?;
+        invoice_payments::link(client, payment_id, invoice)
+    })
+}
+
 fn object<'a, T: serde::Deserialize<'a>>(envelope: &Envelope<'a>) -> Result<T> {
     event::object(envelope).map_err(PaymentError::InvalidPayload)
 }
