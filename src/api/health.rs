@@ -148,7 +148,7 @@ fn checks() -> Result<Vec<Check>> {
         out.push(if stale > 0 {
             check("stale_pending", Status::Warn,
                 format!("{stale} payment(s) pending with no event for longer than {pending_after}"),
-                Some("The customer may not have paid, or webhooks are not arriving: check the endpoint in the Stripe dashboard, then SELECT payment.sync_events() or payment.refresh_payment(id)."))
+                Some("The customer may not have paid, or webhooks are not arriving: check the endpoint in the Stripe dashboard, then SELECT * FROM payment.refresh_payment(id) for each."))
         } else {
             check("stale_pending", Status::Ok, format!("no payment pending for longer than {pending_after}"), None)
         });
