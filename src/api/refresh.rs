@@ -18,13 +18,10 @@ const PAYMENT: &str = "\
 const RECURRING: &str =
     "SELECT stripe_subscription_id, livemode FROM payment.recurring_payments WHERE id = $1";
 
-/// Stripe ids go into the URL: letters, digits and `_` only.
-fn stripe_id(id: &str) -> Result<&str> {
-    if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        Ok(id)
-    } else {
-        Err(PaymentError::Internal(format!("{id:?} is not a Stripe id")))
-    }
+/// A stored Stripe id, checked as the client checks the ids it puts into URLs.
+fn stripe_id<'a>(what: &str, id: &'a str) -> Result<&'a str> {
+    crate::stripe::check_id(what, id)?;
+    Ok(id)
 }
 
 fn read(path: &str) -> Result<Value> {
@@ -70,7 +67,11 @@ fn refresh_payment(payment_id: i64) -> Result<i64> {
         // A subscription's payment moves with its invoice; what it needs is its link to
         // the PaymentIntent that paid it.
         if let Some(invoice) = invoice.as_deref() {
-            webhook::relink_invoice_payment(payment_id, stripe_id(invoice)?, &StripeApi)?;
+            webhook::relink_invoice_payment(
+                payment_id,
+                stripe_id("invoice", invoice)?,
+                &StripeApi,
+            )?;
         }
         return Ok(payment_id);
     }
@@ -78,7 +79,10 @@ fn refresh_payment(payment_id: i64) -> Result<i64> {
         message: format!("payment {payment_id} has no PaymentIntent"),
         hint: "Only payments made through Stripe can be refreshed from it.".into(),
     })?;
-    let current = read(&format!("/v1/payment_intents/{}", stripe_id(&intent)?))?;
+    let current = read(&format!(
+        "/v1/payment_intents/{}",
+        stripe_id("payment_intent", &intent)?
+    ))?;
     if let Some(event_type) = event_of_intent(&current) {
         webhook::apply_current_state(event_type, current, livemode, &StripeApi)?;
     }
@@ -105,7 +109,10 @@ fn refresh_subscription(recurring_payment_id: i64) -> Result<i64> {
         message: format!("recurring payment {recurring_payment_id} has no Stripe subscription"),
         hint: "Only subscriptions made through Stripe can be refreshed from it.".into(),
     })?;
-    let current = read(&format!("/v1/subscriptions/{}", stripe_id(&subscription)?))?;
+    let current = read(&format!(
+        "/v1/subscriptions/{}",
+        stripe_id("subscription", &subscription)?
+    ))?;
     webhook::apply_current_state(
         "customer.subscription.updated",
         current,

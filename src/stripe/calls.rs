@@ -232,7 +232,8 @@ fn check_currency(currency: &str) -> Result<String, StripeError> {
 
 /// Stripe ids are letters, digits and `_`. Checking keeps an id from
 /// changing the request path (`../`, `?`) when it goes into a URL.
-fn check_id(what: &str, id: &str) -> Result<(), StripeError> {
+/// Stripe ids go into URLs and forms: letters, digits and `_` only.
+pub fn check_id(what: &str, id: &str) -> Result<(), StripeError> {
     let ok = !id.is_empty()
         && id.len() <= 255
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');

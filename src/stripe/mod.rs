@@ -26,7 +26,7 @@ mod transport;
 #[cfg(test)]
 mod http_tests;
 
-pub use calls::first_invoice_expansion;
+pub use calls::{check_id, first_invoice_expansion};
 pub use client::{wait, Client, Hooks, Method, RequestLog, POLL_INTERVAL};
 pub use error::{scrub_secrets, ApiError, Interrupted, StripeError};
 pub use form::{quote_plus, Form, Param};

@@ -415,3 +415,22 @@ def test_unknown_setting_under_the_reserved_prefix_is_refused(shop):
     load_library(shop.conn)
     with pytest.raises(psycopg.Error):
         shop.conn.execute("SET pg_payment.secret_key = 'sk_test_aaaaaaaaaaaaaaaaaaaaaaaa'")
+
+
+# --------------------------------------------------------------------------
+# Webhook secrets carry the secret key's mode
+
+
+def test_a_webhook_secret_before_any_secret_key_is_refused(db):
+    with pytest.raises(psycopg.Error) as info:
+        db.conn.execute("SELECT payment.add_webhook_secret(%s::text)", (ev.WEBHOOK_SECRET,))
+    assert info.value.sqlstate == "55000" and "configure" in (info.value.diag.message_hint or "")
+    assert db.value("SELECT count(*) FROM payment.secrets") == 0
+
+
+def test_a_key_of_the_other_mode_drops_the_old_modes_webhook_secrets(db):
+    db.conn.execute("SELECT payment.configure(%s::text, NULL, %s::text)", (ev.SECRET_KEY, ev.WEBHOOK_SECRET))
+    db.conn.execute("SELECT payment.add_webhook_secret('whsec_testModeRolled00')")
+    assert db.value("SELECT count(*) FROM payment.secrets WHERE kind = 'webhook_secret' AND NOT livemode") == 2
+    db.conn.execute("SELECT payment.configure('sk_live_DUMMY_key_00', NULL, 'whsec_liveModeEndpoint0')")
+    assert db.rows("SELECT livemode FROM payment.secrets WHERE kind = 'webhook_secret'") == [{"livemode": True}]
