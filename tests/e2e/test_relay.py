@@ -166,8 +166,15 @@ def relay(shop, start_relay):
     return start_relay(shop)
 
 
-def request_lines(relay):
-    return [line for line in relay.log().splitlines() if " relay method=" in line]
+def request_lines(relay, expected=1):
+    """The relay's request lines, once `expected` of them are written: it
+    writes each line after its reply, so the client may see the reply first."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [line for line in relay.log().splitlines() if " relay method=" in line]
+        if len(lines) >= expected or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.02)
 
 
 def slow_handler(shop, seconds, kind="payment"):
@@ -289,7 +296,7 @@ def test_failed_handler_is_500_recorded_failed_then_redelivery_applies(shop, rel
     row = shop.event_row(evt["id"])
     assert row["outcome"] == "failed" and "e2e handler refuses" in row["error"]
     assert shop.payment_row(p.id)["status"] == "pending"  # rolled back
-    line = [ln for ln in request_lines(relay) if evt["id"] in ln][-1]
+    line = [ln for ln in request_lines(relay, expected=1) if evt["id"] in ln][-1]
     assert "status=500" in line and "outcome=failed" in line and "e2e handler refuses" in line
 
     shop.set_handlers_failing(False)  # the fix; Stripe redelivers
@@ -390,7 +397,7 @@ def test_one_log_line_per_request_without_body_or_signature(shop, relay):
     assert relay.post(body, signature)[0] == 200
     assert relay.post(body, ev.sign(body, "whsec_wrong"))[0] == 400
     assert relay.request("GET")[0] == 405
-    lines = request_lines(relay)
+    lines = request_lines(relay, expected=3)
     assert len(lines) == 3, lines
     applied, refused, get = lines
     for field in (f"event={evt['id']}", "type=payment_intent.succeeded", "outcome=applied",
