@@ -148,6 +148,7 @@ BEGIN
         payment.add_callback(text, regprocedure),
         payment.remove_callback(text, regprocedure),
         payment.retry_failed_events(),
+        payment.sync_events(timestamptz, integer),
         payment.health(),
         payment.refresh_payment(bigint),
         payment.refresh_payment_id(bigint),

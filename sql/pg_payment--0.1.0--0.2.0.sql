@@ -223,6 +223,24 @@ $fn$;
 COMMENT ON FUNCTION payment.refresh_subscription(bigint) IS
     'Read the subscription from Stripe and apply its current state (a webhook that never arrived).';
 
+-- Operations: sync_events recovers the events no webhook brought, from Stripe's Events API.
+-- Where the last sync_events call stopped in Stripe's event list (src/store/sync_state.rs):
+-- one row at most. Dumped, so a restored database goes on from there.
+CREATE TABLE payment.sync_state (
+    singleton       boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    cursor_created  timestamptz NOT NULL,
+    cursor_event_id text NOT NULL,
+    updated_at      timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+SELECT pg_catalog.pg_extension_config_dump('payment.sync_state', '');
+CREATE FUNCTION payment."sync_events"(
+	"since" timestamp with time zone DEFAULT NULL, /* Option < TimestampWithTimeZone > */
+	"max_events" INT DEFAULT 1000 /* Option < i32 > */
+) RETURNS jsonb /* JsonB */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'sync_events_wrapper';
+
 -- The hardening, re-runnable (the same text as sql/finalize.sql).
 CREATE FUNCTION payment.harden() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $harden$
@@ -365,6 +383,7 @@ BEGIN
         payment.add_callback(text, regprocedure),
         payment.remove_callback(text, regprocedure),
         payment.retry_failed_events(),
+        payment.sync_events(timestamptz, integer),
         payment.health(),
         payment.refresh_payment(bigint),
         payment.refresh_payment_id(bigint),

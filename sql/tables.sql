@@ -179,6 +179,15 @@ CREATE TABLE payment.order_locks (
     order_id bigint PRIMARY KEY
 );
 
+-- Where the last sync_events call stopped in Stripe's event list (src/store/sync_state.rs):
+-- one row at most. Dumped, so a restored database goes on from there.
+CREATE TABLE payment.sync_state (
+    singleton       boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    cursor_created  timestamptz NOT NULL,
+    cursor_event_id text NOT NULL,
+    updated_at      timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
 -- Numbers every change announced by NOTIFY (src/callbacks): two identical notifications
 -- of one transaction are never merged, and a row's changes are told apart in order.
 CREATE SEQUENCE payment.change_seq;
@@ -235,3 +244,4 @@ SELECT pg_catalog.pg_extension_config_dump('payment.refunds_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('payment.api_requests_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('payment.invoice_payments', '');
 SELECT pg_catalog.pg_extension_config_dump('payment.invoice_payments_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('payment.sync_state', '');

@@ -17,6 +17,7 @@ pub mod orders;
 pub mod refunds;
 pub mod schema_version;
 pub mod secrets;
+pub mod sync_state;
 
 pub const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
 pub const INT8: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT8OID);

@@ -86,6 +86,30 @@ impl EventKind {
     }
 }
 
+/// Every event type `EventKind::of` gives work to: what sync_events asks Stripe's Events API
+/// for (`types[]`, which takes at most 20).
+pub const HANDLED_TYPES: [&str; 19] = [
+    "payment_intent.succeeded",
+    "payment_intent.processing",
+    "payment_intent.requires_action",
+    "payment_intent.payment_failed",
+    "payment_intent.canceled",
+    "refund.created",
+    "refund.updated",
+    "refund.failed",
+    "charge.refund.updated",
+    "charge.refunded",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "customer.subscription.paused",
+    "customer.subscription.resumed",
+    "invoice.paid",
+    "invoice.payment_succeeded",
+    "invoice.payment_failed",
+    "invoice_payment.paid",
+];
+
 /// Why a body is not a Stripe event; the message goes back to the caller as is.
 pub fn parse_envelope(payload: &str) -> Result<Envelope<'_>, String> {
     if payload.len() > MAX_PAYLOAD_BYTES {
@@ -410,6 +434,28 @@ mod tests {
         assert_eq!(env.id, "evt_1");
         assert_eq!(EventKind::of(&env.event_type), EventKind::Unhandled);
         assert!(env.data.object.get().contains("nested"));
+    }
+
+    #[test]
+    fn handled_types_are_exactly_the_ones_given_work() {
+        assert!(
+            HANDLED_TYPES.len() <= 20,
+            "Stripe's types[] takes at most 20"
+        );
+        for t in HANDLED_TYPES {
+            assert_ne!(EventKind::of(t), EventKind::Unhandled, "{t}");
+        }
+        // A type missing from the list would never be recovered by sync_events.
+        let unique: std::collections::HashSet<_> = HANDLED_TYPES.iter().collect();
+        assert_eq!(unique.len(), HANDLED_TYPES.len());
+        for t in [
+            "charge.succeeded",
+            "invoice.created",
+            "customer.created",
+            "payment_intent.created",
+        ] {
+            assert_eq!(EventKind::of(t), EventKind::Unhandled, "{t}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod event;
 pub mod signature;
+pub mod sync;
 pub mod transitions;
 
 mod apply;
@@ -29,6 +30,8 @@ pub trait StripeReads {
     fn refunds_of_charge(&self, charge: &str, starting_after: Option<&str>) -> Result<Value>;
     /// One page of `GET /v1/invoice_payments?invoice=...`, as Stripe's JSON list.
     fn payments_of_invoice(&self, invoice: &str, starting_after: Option<&str>) -> Result<Value>;
+    /// One page of `GET /v1/events`, as Stripe's JSON list (sync_events).
+    fn events(&self, query: &sync::EventsQuery) -> Result<Value>;
 }
 
 /// What became of one delivery.
@@ -59,20 +62,33 @@ impl Outcome {
     }
 }
 
+/// Applying events needs READ COMMITTED: a delivery racing another of the same event waits
+/// for it and then sees its outcome, which a snapshot taken before the wait would hide.
+fn require_read_committed(function: &str) -> Result<()> {
+    // SAFETY: a plain read of a backend global.
+    if unsafe { pg_sys::XactIsoLevel } != pg_sys::XACT_READ_COMMITTED as i32 {
+        return Err(PaymentError::WrongIsolation(format!(
+            "{function} must run at READ COMMITTED isolation, so that an event racing another \
+             delivery of itself can wait for it and see its outcome"
+        )));
+    }
+    Ok(())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// The entry point behind `payment.process_stripe_event(payload, signature)`.
 pub fn process(
     payload: Option<&str>,
     signature: Option<&str>,
     stripe: &dyn StripeReads,
 ) -> Result<Value> {
-    // SAFETY: plain reads of backend globals.
-    if unsafe { pg_sys::XactIsoLevel } != pg_sys::XACT_READ_COMMITTED as i32 {
-        return Err(PaymentError::WrongIsolation(
-            "process_stripe_event must run at READ COMMITTED isolation, so that a delivery racing \
-             another of the same event can wait for it and see its outcome"
-                .into(),
-        ));
-    }
+    require_read_committed("process_stripe_event")?;
     let payload = payload.ok_or(PaymentError::NullArgument("payload"))?;
     let signature = signature.ok_or(PaymentError::NullArgument("signature"))?;
     if payload.len() > event::MAX_PAYLOAD_BYTES {
@@ -84,10 +100,7 @@ pub fn process(
     }
 
     let secrets = store::secrets::webhook_secrets()?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = unix_now();
     signature::verify(
         payload.as_bytes(),
         signature,
@@ -225,10 +238,7 @@ pub fn apply_current_state(
     livemode: bool,
     stripe: &dyn StripeReads,
 ) -> Result<Outcome> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = unix_now();
     let text = json!({
         "id": format!("evt_refresh{now}"),
         "object": "event",
@@ -267,6 +277,7 @@ const FAILED_EVENTS: &str = "\
     ORDER BY created, received_at LIMIT $1 FOR UPDATE SKIP LOCKED";
 
 pub fn retry_failed(stripe: &dyn StripeReads) -> Result<Vec<Value>> {
+    require_read_committed("retry_failed_events")?;
     let failed = Spi::connect_mut(|client| -> Result<Vec<(String, String)>> {
         let stmt = store::plan(client, FAILED_EVENTS, &[INT8])?;
         let mut out = Vec::new();

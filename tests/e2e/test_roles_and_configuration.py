@@ -108,7 +108,7 @@ ADMIN_ONLY_FUNCTIONS = [
     "refresh_subscription_id(bigint)",
     "link_order_table(regclass,name,name,name,name,name,text,text)", "refund_payment(bigint,bigint)",
     "refund_payment_id(bigint,bigint)", "remove_callback(text,regprocedure)", "remove_webhook_secret(text)",
-    "retry_failed_events()",
+    "retry_failed_events()", "sync_events(timestampwithtimezone,integer)",
 ]
 # The *_id helpers are what the SQL wrappers of the same name call as the caller.
 APP_FUNCTIONS = [
@@ -119,7 +119,7 @@ APP_FUNCTIONS = [
 ]
 ALL_TABLES = ["api_requests", "callbacks", "charges", "customers", "events", "installation", "invoice_payments",
               "order_link",
-              "order_locks", "payments", "recurring_payments", "refunds", "secrets"]
+              "order_locks", "payments", "recurring_payments", "refunds", "secrets", "sync_state"]
 SEQUENCES = ["api_requests_id_seq", "change_seq", "invoice_payments_id_seq", "payments_id_seq", "recurring_payments_id_seq", "refunds_id_seq",
              "secrets_id_seq"]
 READABLE_TABLES = ["api_requests", "callbacks", "events", "invoice_payments", "order_link", "payments",

@@ -26,6 +26,10 @@ expand[]=a or expand[0]=a); every request needs `Authorization: Bearer sk_test_.
   GET    /v1/refunds[/{id}], /v1/charges/{id}, /v1/invoices/{id}, /v1/prices/{id}
   GET    /v1/invoice_payments[/{id}]            (list filter: invoice): API 2025-03-31's link
                                             between an invoice and its PaymentIntent
+  GET    /v1/events                         every event built through /__control/events
+                                            (unless "record": false), as Stripe lists them:
+                                            newest first, 30 days, created, type/types[] (<= 20),
+                                            limit <= 100, starting_after, ending_before
   POST   /v1/customers, GET /v1/customers[/{id}]   (list filters: email)
   POST   /v1/subscriptions                  customer, items[0][price], metadata, payment_behavior,
                                             payment_settings[save_default_payment_method], expand[]
@@ -79,7 +83,7 @@ Control API (no auth; JSON):
   GET  /__control/objects/{id} an object as the server holds it (newest API shape)
   POST /__control/events       {"type", "object_id", "secret"?, "api_version"?, "created"?,
                                 "event_id"?, "previous_attributes"?, "timestamp"?,
-                                "overrides"?: {...}}
+                                "overrides"?: {...}, "record"?: bool}
       Moves the held object as the event type implies (payment_intent.succeeded makes
       the PaymentIntent succeed with a charge, refund.failed fails the refund,
       customer.subscription.deleted cancels, invoice.paid for a sub_ bills a new
@@ -359,6 +363,7 @@ class State:
             self.idempotency = {}  # (api key, idempotency key) -> stored answer
             self.faults = []  # [{"path", "method", "responses": [...]}]
             self.log = []
+            self.events = []  # every event built, as sent: GET /v1/events lists them
 
     # -- objects
 
@@ -978,6 +983,72 @@ def list_of(kind, filters):
     return handler
 
 
+EVENT_RETENTION_S = 30 * 24 * 3600
+MAX_EVENT_TYPES = 20
+
+
+def _created_filter(form):
+    """created=N or created[gt|gte|lt|lte]=N -> a predicate on an event's created."""
+    value = form.get("created")
+    if value is None or value == "":
+        return lambda c: True
+    if isinstance(value, str):
+        n = as_int(form, "created")
+        return lambda c: c == n
+    if not isinstance(value, dict) or not set(value) <= {"gt", "gte", "lt", "lte"}:
+        raise invalid("Invalid created: must be an integer or a hash of gt, gte, lt, lte", "created")
+    bounds = {op: as_int(value, op) for op in value}
+    tests = {"gt": lambda c, n: c > n, "gte": lambda c, n: c >= n,
+             "lt": lambda c, n: c < n, "lte": lambda c, n: c <= n}
+    return lambda c: all(tests[op](c, n) for op, n in bounds.items() if n is not None)
+
+
+def list_events(st, ctx):
+    """GET /v1/events as Stripe has it: newest first, the last 30 days only, each event as it
+    was sent (in its own API version); type or types[] (at most 20), created, limit (1..100),
+    starting_after (older) or ending_before (newer: the page just before the cursor)."""
+    only(ctx.form, {"limit", "starting_after", "ending_before", "created", "type", "types",
+                    "delivery_success", "expand"})
+    limit = as_int(ctx.form, "limit", minimum=1) or 10
+    if limit > 100:
+        raise invalid("This value must be less than or equal to 100.", "limit",
+                      "parameter_invalid_integer")
+    types = as_list(ctx.form, "types")
+    if len(types) > MAX_EVENT_TYPES:
+        raise invalid(f"You may only specify up to {MAX_EVENT_TYPES} types.", "types")
+    one_type = as_str(ctx.form, "type")
+    if one_type and types:
+        raise invalid("You may only specify one of these parameters: type, types.", "type")
+    created_ok = _created_filter(ctx.form)
+    oldest_kept = now() - EVENT_RETENTION_S
+    # Stripe's order: newest first; of two events of one second, the later one first.
+    events = [e for e in reversed(st.events)
+              if e["created"] >= oldest_kept and created_ok(e["created"])
+              and (not types or e["type"] in types) and (not one_type or e["type"] == one_type)]
+    events.sort(key=lambda e: e["created"], reverse=True)  # stable: arrival order kept
+    ids = [e["id"] for e in events]
+    after, before = as_str(ctx.form, "starting_after"), as_str(ctx.form, "ending_before")
+    if after and before:
+        raise invalid("You may only specify one of these parameters: ending_before, starting_after.",
+                      "starting_after")
+    cursor = after or before
+    if cursor and cursor not in ids:
+        if not any(e["id"] == cursor for e in st.events):
+            raise no_such("event", cursor, "starting_after" if after else "ending_before")
+        raise invalid(f"The event {cursor} does not match the list's filters.",
+                      "starting_after" if after else "ending_before")
+    if after:
+        i = ids.index(after)
+        page, has_more = events[i + 1:i + 1 + limit], len(events) > i + 1 + limit
+    elif before:
+        i = ids.index(before)
+        page, has_more = events[max(0, i - limit):i], i - limit > 0
+    else:
+        page, has_more = events[:limit], len(events) > limit
+    return 200, {"object": "list", "url": "/v1/events", "has_more": has_more,
+                 "data": copy.deepcopy(page)}
+
+
 ID = r"(?P<id>[A-Za-z0-9_]+)"
 ROUTES = [
     ("POST", "/v1/payment_intents", create_payment_intent),
@@ -1002,6 +1073,7 @@ ROUTES = [
     ("GET", f"/v1/prices/{ID}", retrieve_price),
     ("GET", "/v1/invoice_payments", list_of("invoice_payment", ["invoice"])),
     ("GET", f"/v1/invoice_payments/{ID}", retrieve("invoice_payment")),
+    ("GET", "/v1/events", list_events),
 ]
 
 
@@ -1068,7 +1140,8 @@ def _apply_pi_event(st, pi, type_):
 
 
 def build_event(st, type_, object_id, *, api_version=None, created=None, event_id=None,
-                previous_attributes=None, overrides=None, secret=None, timestamp=None):
+                previous_attributes=None, overrides=None, secret=None, timestamp=None,
+                record=True):
     """Move the held object as `type_` implies and return the signed event."""
     version = api_version or st.default_api_version
     obj = st.objects.get(object_id)
@@ -1154,6 +1227,8 @@ def build_event(st, type_, object_id, *, api_version=None, created=None, event_i
         "request": {"id": "req_" + rand(14), "idempotency_key": None},
         "type": type_,
     }
+    if record:
+        st.events.append(copy.deepcopy(evt))
     # Stripe pretty-prints and signs exactly the bytes it sends.
     payload = json.dumps(evt, indent=2, ensure_ascii=False)
     signature = sign_payload(payload, secret or st.webhook_secret, timestamp)
@@ -1279,7 +1354,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                         event_id=data.get("event_id"),
                         previous_attributes=data.get("previous_attributes"),
                         overrides=data.get("overrides"), secret=data.get("secret"),
-                        timestamp=data.get("timestamp"))
+                        timestamp=data.get("timestamp"), record=data.get("record", True))
                 except KeyError as e:
                     return self._send(404, {"error": str(e)})
                 return self._send(200, out)
@@ -1579,7 +1654,7 @@ class FakeStripe(ServerProcess):
         return self._control("GET", f"/__control/objects/{object_id}")
 
     def event(self, type, object_id, *, secret=None, api_version=None, created=None,
-              event_id=None, previous_attributes=None, timestamp=None, **overrides):
+              event_id=None, previous_attributes=None, timestamp=None, record=True, **overrides):
         """A signed webhook event for an object the server holds.
 
         Returns {"payload": str, "signature": str, "event_id", "object_id", "event"}:
@@ -1590,7 +1665,7 @@ class FakeStripe(ServerProcess):
             "type": type, "object_id": object_id, "secret": secret,
             "api_version": api_version, "created": created, "event_id": event_id,
             "previous_attributes": previous_attributes, "timestamp": timestamp,
-            "overrides": overrides or None})
+            "overrides": overrides or None, "record": record})
         out["event"] = json.loads(out["payload"])
         return out
 
