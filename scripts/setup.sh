@@ -8,7 +8,7 @@ log() { printf '\n== %s\n' "$*"; }
 
 ensure_system_packages() {
     local missing=()
-    for pkg in postgresql-15 postgresql-server-dev-15 postgresql-client-15 libclang-dev clang sudo python3-venv; do
+    for pkg in postgresql-15 postgresql-server-dev-15 postgresql-client-15 postgresql-15-cron libclang-dev clang sudo python3-venv; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
     done
     if [ ${#missing[@]} -gt 0 ]; then
