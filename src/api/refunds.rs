@@ -110,6 +110,7 @@ fn refund(payment_id: i64, requested: Option<i64>) -> Result<i64> {
     let amount_text = amount.to_string();
     let payment_text = payment_id.to_string();
     let order_text = payment.order_id.to_string();
+    let attempt_text = attempt.to_string();
     let key = idempotency_key(
         &installation,
         "refund",
@@ -121,6 +122,9 @@ fn refund(payment_id: i64, requested: Option<i64>) -> Result<i64> {
         &[
             ("pg_payment_payment_id", &payment_text),
             ("pg_payment_order_id", &order_text),
+            // Which attempt this is: what tells a refund an earlier key made (after an error
+            // Stripe saved) from a new refund of the same amount.
+            ("pg_payment_refund_attempt", &attempt_text),
         ],
     );
     let created = stripe_call::call(|client, hooks| {

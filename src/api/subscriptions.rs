@@ -214,7 +214,16 @@ fn start(order_id: i64, price_id: &str) -> Result<i64> {
         &[&order_text, price_id, &customer],
         attempt,
     );
-    let meta = metadata(&installation, &[("pg_payment_order_id", &order_text)]);
+    let attempt_text = attempt.to_string();
+    let meta = metadata(
+        &installation,
+        &[
+            ("pg_payment_order_id", &order_text),
+            // Which attempt: what tells a subscription an earlier key made (after an error
+            // Stripe saved) from a new one for the same order.
+            ("pg_payment_subscription_attempt", &attempt_text),
+        ],
+    );
     let subscription = stripe_call::call(|client, hooks| {
         client.create_subscription(&customer, price_id, &meta, &key, hooks)
     })?;

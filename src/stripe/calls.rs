@@ -6,7 +6,8 @@
 use super::client::{Client, Hooks, Method};
 use super::error::StripeError;
 use super::form::{Form, Param};
-use super::objects::{Customer, PaymentIntent, Price, Refund, Subscription};
+use super::objects::{Customer, List, PaymentIntent, Price, Refund, Subscription};
+use std::collections::HashMap;
 
 /// From this API version on, an invoice no longer has `payment_intent`; the
 /// first payment's client secret is `confirmation_secret.client_secret`.
@@ -40,7 +41,10 @@ impl Client {
     }
 
     /// `POST /v1/refunds` for a PaymentIntent; `amount` None refunds what
-    /// remains. No `reason`: localstripe refuses it.
+    /// remains. No `reason`: localstripe refuses it. An error Stripe saved under the key
+    /// moves the call on to the next key, but only once the PaymentIntent's refunds show
+    /// none made by an earlier key: a refund carrying this call's metadata (which names
+    /// the attempt) is returned instead of refunding twice.
     pub fn create_refund(
         &self,
         payment_intent: &str,
@@ -57,13 +61,56 @@ impl Client {
             .push("payment_intent", payment_intent)
             .push_opt("amount", amount)
             .push("metadata", Param::map(metadata));
-        self.request(
+        let made_already = |client: &Client, hooks: Hooks<'_>| {
+            client.find_refund(payment_intent, amount, metadata, hooks)
+        };
+        self.request_past_saved_errors_unless_made(
             Method::Post,
             "/v1/refunds",
             &form,
             Some(idempotency_key),
             hooks,
+            &made_already,
         )
+    }
+
+    /// The PaymentIntent's refund whose metadata holds every pair of `metadata` (and of
+    /// `amount`, when given), from `GET /v1/refunds?payment_intent=...`, all pages.
+    fn find_refund(
+        &self,
+        payment_intent: &str,
+        amount: Option<i64>,
+        metadata: &[(&str, &str)],
+        hooks: Hooks<'_>,
+    ) -> Result<Option<Refund>, StripeError> {
+        let Hooks {
+            check_interrupts,
+            on_attempt,
+        } = hooks;
+        let mut starting_after: Option<String> = None;
+        loop {
+            let form = Form::new()
+                .push("payment_intent", payment_intent)
+                .push("limit", 100)
+                .push_opt("starting_after", starting_after.as_deref());
+            let hooks = Hooks {
+                check_interrupts,
+                on_attempt: &mut *on_attempt,
+            };
+            let page: List<Refund> =
+                self.request(Method::Get, "/v1/refunds", &form, None, hooks)?;
+            let found = page.data.iter().find(|refund| {
+                amount.is_none_or(|a| refund.amount == Some(a))
+                    && has_metadata(&refund.metadata, metadata)
+            });
+            if let Some(found) = found {
+                return Ok(Some(found.clone()));
+            }
+            match (page.has_more, page.data.last()) {
+                (true, Some(last)) => starting_after = Some(last.id.clone()),
+                _ => return Ok(None),
+            }
+        }
     }
 
     /// `POST /v1/customers`.
@@ -121,13 +168,66 @@ impl Client {
                     first_invoice_expansion(&self.config.api_version).into()
                 ]),
             );
-        self.request(
+        // A subscription charges its first invoice: like a refund, an error Stripe saved
+        // under the key moves on to the next key only once the customer's subscriptions show
+        // none made by an earlier key.
+        let made_already =
+            |client: &Client, hooks: Hooks<'_>| client.find_subscription(customer, metadata, hooks);
+        self.request_past_saved_errors_unless_made(
             Method::Post,
             "/v1/subscriptions",
             &form,
             Some(idempotency_key),
             hooks,
+            &made_already,
         )
+    }
+
+    /// The customer's subscription whose metadata holds every pair of `metadata`, read again
+    /// with the first invoice expanded (as `create_subscription` answers).
+    fn find_subscription(
+        &self,
+        customer: &str,
+        metadata: &[(&str, &str)],
+        hooks: Hooks<'_>,
+    ) -> Result<Option<Subscription>, StripeError> {
+        let Hooks {
+            check_interrupts,
+            on_attempt,
+        } = hooks;
+        let mut starting_after: Option<String> = None;
+        loop {
+            let form = Form::new()
+                .push("customer", customer)
+                .push("limit", 100)
+                .push_opt("starting_after", starting_after.as_deref());
+            let hooks = Hooks {
+                check_interrupts,
+                on_attempt: &mut *on_attempt,
+            };
+            let page: List<Subscription> =
+                self.request(Method::Get, "/v1/subscriptions", &form, None, hooks)?;
+            if let Some(found) = page
+                .data
+                .iter()
+                .find(|s| has_metadata(&s.metadata, metadata))
+            {
+                let path = format!("/v1/subscriptions/{}", found.id);
+                let expand = first_invoice_expansion(&self.config.api_version);
+                let form = Form::new().push("expand", Param::List(vec![expand.into()]));
+                let hooks = Hooks {
+                    check_interrupts,
+                    on_attempt: &mut *on_attempt,
+                };
+                return self
+                    .request(Method::Get, &path, &form, None, hooks)
+                    .map(Some);
+            }
+            match (page.has_more, page.data.last()) {
+                (true, Some(last)) => starting_after = Some(last.id.clone()),
+                _ => return Ok(None),
+            }
+        }
     }
 
     /// Cancels now (`DELETE /v1/subscriptions/{id}`, which takes no key) or
@@ -208,6 +308,13 @@ pub fn first_invoice_expansion(api_version: &str) -> &'static str {
     } else {
         "latest_invoice.confirmation_secret"
     }
+}
+
+/// Whether an object's metadata holds every pair of `wanted`.
+fn has_metadata(held: &HashMap<String, String>, wanted: &[(&str, &str)]) -> bool {
+    wanted
+        .iter()
+        .all(|(k, v)| held.get(*k).map(String::as_str) == Some(*v))
 }
 
 fn check_amount(amount: i64) -> Result<(), StripeError> {

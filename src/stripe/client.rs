@@ -57,6 +57,20 @@ pub struct Hooks<'a> {
     pub on_attempt: &'a mut dyn FnMut(&RequestLog),
 }
 
+/// Looks at Stripe for what an earlier key of a call made (see
+/// `request_past_saved_errors_unless_made`).
+pub type MadeAlready<'f, T> = &'f dyn Fn(&Client, Hooks<'_>) -> Result<Option<T>, StripeError>;
+
+/// What a POST does when Stripe replays an error it saved under the call's key.
+enum SavedErrors<'f, T> {
+    /// Return it.
+    Stop,
+    /// Go on with the next key of the sequence.
+    Walk,
+    /// Look for what the earlier key made first; go on with the next key if nothing.
+    WalkUnlessMade(MadeAlready<'f, T>),
+}
+
 /// One client per backend: the agent inside keeps connections to Stripe open
 /// between calls, and building it loads the TLS roots, so build it once.
 pub struct Client {
@@ -92,14 +106,21 @@ impl Client {
         idempotency_key: Option<&str>,
         hooks: Hooks<'_>,
     ) -> Result<T, StripeError> {
-        self.send_request(method, path, form, idempotency_key, hooks, false)
+        self.send_request(
+            method,
+            path,
+            form,
+            idempotency_key,
+            hooks,
+            SavedErrors::Stop,
+        )
     }
 
     /// `request` for a POST whose duplicate would be harmless (an unpaid PaymentIntent, a
     /// customer, a cancellation): an error Stripe saved under the key and replays moves the
     /// call on to the next key of its sequence (`replay_key`), so one failure does not lock
-    /// the call out for Stripe's 24 hours. Never for refunds or subscriptions, where a saved
-    /// 500 may hide an object Stripe did make.
+    /// the call out for Stripe's 24 hours. Not for money movements, where a saved 500 may
+    /// hide an object Stripe did make: see `request_past_saved_errors_unless_made`.
     pub fn request_past_saved_errors<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -108,7 +129,30 @@ impl Client {
         idempotency_key: Option<&str>,
         hooks: Hooks<'_>,
     ) -> Result<T, StripeError> {
-        self.send_request(method, path, form, idempotency_key, hooks, true)
+        self.send_request(
+            method,
+            path,
+            form,
+            idempotency_key,
+            hooks,
+            SavedErrors::Walk,
+        )
+    }
+
+    /// `request_past_saved_errors` for a POST that moves money (a refund): before a new key
+    /// goes out, `made_already` looks for what an earlier key may have made at Stripe despite
+    /// its error (by the metadata the call sends), and that is returned instead.
+    pub fn request_past_saved_errors_unless_made<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        form: &Form,
+        idempotency_key: Option<&str>,
+        hooks: Hooks<'_>,
+        made_already: MadeAlready<'_, T>,
+    ) -> Result<T, StripeError> {
+        let walk = SavedErrors::WalkUnlessMade(made_already);
+        self.send_request(method, path, form, idempotency_key, hooks, walk)
     }
 
     fn send_request<T: DeserializeOwned>(
@@ -118,7 +162,7 @@ impl Client {
         form: &Form,
         idempotency_key: Option<&str>,
         hooks: Hooks<'_>,
-        past_saved_errors: bool,
+        saved_errors: SavedErrors<'_, T>,
     ) -> Result<T, StripeError> {
         let Hooks {
             check_interrupts,
@@ -173,9 +217,19 @@ impl Client {
                         }
                         _ => log.error_type = Some("bad_response".into()),
                     }
-                    if let (true, true, Some(base)) = (past_saved_errors, raw.replayed, base_key) {
+                    let walks = !matches!(saved_errors, SavedErrors::Stop);
+                    if let (true, true, Some(base)) = (walks, raw.replayed, base_key) {
                         if replays < MAX_REPLAYED_ERRORS {
                             on_attempt(&log);
+                            if let SavedErrors::WalkUnlessMade(made_already) = &saved_errors {
+                                let hooks = Hooks {
+                                    check_interrupts,
+                                    on_attempt: &mut *on_attempt,
+                                };
+                                if let Some(made) = made_already(self, hooks)? {
+                                    return Ok(made);
+                                }
+                            }
                             replays += 1;
                             current_key = Some(replay_key(base, replays));
                             continue;

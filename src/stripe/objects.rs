@@ -140,6 +140,8 @@ pub struct Subscription {
 pub struct List<T> {
     #[serde(default = "Vec::new")]
     pub data: Vec<T>,
+    #[serde(default)]
+    pub has_more: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -298,19 +298,82 @@ def test_a_500_saved_under_the_key_does_not_lock_the_order_out(api, fake):
     assert len({r["form"]["amount"] for r in intents_created(fake)}) == 1
 
 
-def test_a_refund_never_walks_past_a_saved_error(api, fake):
-    """A saved 500 may hide a refund Stripe did make: a refund is never sent again under a
-    new key on its own (the error comes back until Stripe forgets the key)."""
+def refund(shop, payment_id, amount):
+    return shop.row("SELECT * FROM payment.refund_payment(%s, %s)", (payment_id, amount))
+
+
+def refund_posts(fake):
+    return fake.requests("/v1/refunds", method="POST")
+
+
+def test_a_refunds_saved_500_moves_on_once_stripe_shows_no_refund_of_that_attempt(api, fake):
+    """A saved 500 may hide a refund Stripe did make, so before a refund goes out under the
+    next key, the PaymentIntent's refunds are listed: none carries this attempt, so the call
+    moves on and refunds once."""
     api.conn.execute("SET pg_payment.max_network_retries = 0")
-    oid = api.order(price="10.00")
-    row = create_payment(api, oid)
+    row = create_payment(api, api.order(price="10.00"))
     pay_at(fake, api, row["stripe_payment_intent_id"])
-    fake.faults("/v1/refunds", [{"status": 500, "saved": True}])
-    for _ in range(2):
-        assert sqlstate_of(api.row, "SELECT * FROM payment.refund_payment(%s, 300)", (row["id"],)) == "58000"
-    keys = {r["headers"].get("Idempotency-Key") for r in fake.requests("/v1/refunds", method="POST")}
-    assert len(keys) == 1
-    assert api.refunds_of(row["id"]) == []
+    fake.faults("/v1/refunds", [{"status": 500, "saved": True}], method="POST")
+    assert sqlstate_of(refund, api, row["id"], 300) == "58000"
+    assert api.refunds_of(row["id"]) == []  # nothing survives the rollback
+    made = refund(api, row["id"], 300)
+    sent = refund_posts(fake)
+    keys = [r["headers"].get("Idempotency-Key") for r in sent]
+    assert len(keys) == 3 and keys[0] == keys[1] and keys[2] == keys[0] + "-r1"
+    assert [(r["status"], r["idempotent_replayed"]) for r in sent] == [(500, False), (500, True), (200, False)]
+    # Between the replayed error and the new key: the PaymentIntent's refunds, listed.
+    listing = [r for r in fake.requests("/v1/refunds", method="GET")
+               if r["form"].get("payment_intent") == row["stripe_payment_intent_id"]]
+    assert listing and sent[1]["time"] <= listing[0]["time"] <= sent[2]["time"]
+    assert sent[2]["form"]["metadata"]["pg_payment_refund_attempt"] == "0"
+    assert [(r["amount"], r["stripe_refund_id"]) for r in api.refunds_of(row["id"])] == [(300, made["stripe_refund_id"])]
+    assert api.payment_row(row["id"])["amount_refunded"] == 300
+
+
+def test_a_refund_stripe_made_despite_its_saved_error_is_recorded_not_made_twice(api, fake):
+    api.conn.execute("SET pg_payment.max_network_retries = 0")
+    row = create_payment(api, api.order(price="10.00"))
+    pay_at(fake, api, row["stripe_payment_intent_id"])
+    fake.faults("/v1/refunds", [{"status": 500, "saved": True}], method="POST")
+    assert sqlstate_of(refund, api, row["id"], 300) == "58000"
+    # Stripe did make it, with the metadata that call sent, and saved the 500 all the same.
+    first = refund_posts(fake)[0]["form"]
+    assert first["metadata"]["pg_payment_refund_attempt"] == "0"
+    form = {"payment_intent": row["stripe_payment_intent_id"], "amount": 300,
+            **{f"metadata[{k}]": v for k, v in first["metadata"].items()}}
+    req = urllib.request.Request(f"{fake.url}/v1/refunds", data=urllib.parse.urlencode(form).encode(),
+                                 headers={"Authorization": f"Bearer {ev.SECRET_KEY}",
+                                          "Idempotency-Key": "made-by-stripe-" + ev.stripe_id("k")})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        made_at_stripe = json.loads(r.read())
+    got = refund(api, row["id"], 300)
+    assert got["stripe_refund_id"] == made_at_stripe["id"]
+    # No refund went out under a new key: the second call stopped at what it found.
+    keys = [r["headers"].get("Idempotency-Key") for r in refund_posts(fake)]
+    assert len([k for k in keys if not k.startswith("made-by-stripe-")]) == 2
+    assert not any(k.endswith("-r1") for k in keys)
+    assert api.payment_row(row["id"])["amount_refunded"] == 300
+    # A second refund of the same amount is a new attempt, and a new refund.
+    again = refund(api, row["id"], 300)
+    assert again["stripe_refund_id"] != got["stripe_refund_id"]
+    assert refund_posts(fake)[-1]["form"]["metadata"]["pg_payment_refund_attempt"] == "1"
+    assert api.payment_row(row["id"])["amount_refunded"] == 600
+
+
+def test_a_subscriptions_saved_500_moves_on_once_stripe_shows_none_of_that_attempt(api, fake):
+    api.conn.execute("SET pg_payment.max_network_retries = 0")
+    oid = api.order(price="10.00", user_id="saved_500")
+    fake.faults("/v1/subscriptions", [{"status": 500, "saved": True}], method="POST")
+    start = "SELECT * FROM payment.start_subscription(%s, 'price_monthly')"
+    assert sqlstate_of(api.row, start, (oid,)) == "58000"
+    sub = api.row(start, (oid,))
+    assert sub["stripe_subscription_id"] and sub["client_secret"]
+    sent = fake.requests("/v1/subscriptions", method="POST")
+    keys = [r["headers"].get("Idempotency-Key") for r in sent]
+    assert len(keys) == 3 and keys[0] == keys[1] and keys[2] == keys[0] + "-r1"
+    assert sent[2]["form"]["metadata"]["pg_payment_subscription_attempt"] == "0"
+    assert len(fake.requests("/v1/subscriptions", method="GET")) >= 1
+    assert api.value("SELECT count(*) FROM payment.recurring_payments") == 1
 
 
 # --------------------------------------------------------------------------
