@@ -6,7 +6,9 @@
 
 use crate::error::Result;
 use crate::store::{self, first_value, INT8, TEXT};
-use crate::webhook::transitions::{paid_status, refund_may_move, PaymentStatus, RefundStatus};
+use crate::webhook::transitions::{
+    paid_status, refund_may_move, refunds_newest_first, PaymentStatus, RefundStatus,
+};
 use pgrx::spi::SpiClient;
 
 const REMEMBER_CHARGE: &str = "\
@@ -134,6 +136,27 @@ pub fn record(
     )
 }
 
+/// The subscription payment rows that share this row's PaymentIntent (one PaymentIntent that
+/// paid several invoices), newest first, locked in that order; empty for any other payment.
+const ROWS_SHARING_INTENT: &str = "\
+    SELECT p.id, p.status, p.amount_received, p.amount_refunded FROM payment.payments p \
+     WHERE p.recurring_payment_id IS NOT NULL \
+       AND p.stripe_payment_intent_id = (SELECT s.stripe_payment_intent_id FROM payment.payments s \
+                                          WHERE s.id = $1 AND s.recurring_payment_id IS NOT NULL) \
+     ORDER BY p.id DESC FOR UPDATE";
+const LIVE_REFUND_TOTAL_OF_ROWS: &str = "\
+    SELECT COALESCE(sum(amount), 0)::int8 FROM payment.refunds \
+     WHERE payment_id = ANY($1) AND status NOT IN ('failed', 'canceled')";
+
+struct SharingRow {
+    id: i64,
+    status: Option<PaymentStatus>,
+    received: i64,
+    refunded: i64,
+}
+
+/// Re-derive the payment's `amount_refunded` and status; for a PaymentIntent that paid
+/// several invoices, those of all its rows together (lifecycle's refunds_newest_first).
 fn refresh_amount_refunded(
     client: &mut SpiClient<'_>,
     payment_id: i64,
@@ -141,6 +164,19 @@ fn refresh_amount_refunded(
     amount_received: i64,
     amount_refunded: i64,
 ) -> Result<()> {
+    let sharing_stmt = store::plan(client, ROWS_SHARING_INTENT, &[INT8])?;
+    let mut sharing = Vec::new();
+    for row in client.update(sharing_stmt, None, &[payment_id.into()])? {
+        sharing.push(SharingRow {
+            id: store::required(row.get::<i64>(1)?, "payments.id")?,
+            status: row.get::<String>(2)?.and_then(|s| PaymentStatus::parse(&s)),
+            received: store::required(row.get::<i64>(3)?, "payments.amount_received")?,
+            refunded: store::required(row.get::<i64>(4)?, "payments.amount_refunded")?,
+        });
+    }
+    if sharing.len() > 1 {
+        return refresh_rows_sharing_intent(client, &sharing);
+    }
     let total_stmt = store::plan(client, LIVE_REFUND_TOTAL, &[INT8])?;
     let total: i64 =
         first_value::<i64>(client.update(total_stmt, Some(1), &[payment_id.into()])?)?.unwrap_or(0);
@@ -159,6 +195,35 @@ fn refresh_amount_refunded(
             None,
             &[payment_id.into(), total.into(), new_status.as_str().into()],
         )?;
+    }
+    Ok(())
+}
+
+fn refresh_rows_sharing_intent(client: &mut SpiClient<'_>, rows: &[SharingRow]) -> Result<()> {
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let total_stmt = store::plan(
+        client,
+        LIVE_REFUND_TOTAL_OF_ROWS,
+        &[pgrx::PgOid::BuiltIn(pgrx::PgBuiltInOids::INT8ARRAYOID)],
+    )?;
+    let total: i64 =
+        first_value::<i64>(client.update(total_stmt, Some(1), &[ids.into()])?)?.unwrap_or(0);
+    let received: Vec<i64> = rows.iter().map(|r| r.received).collect();
+    for (row, share) in rows.iter().zip(refunds_newest_first(total, &received)) {
+        let Some(status) = row.status else { continue };
+        let new_status = if status.is_paid() {
+            paid_status(row.received, share)
+        } else {
+            status
+        };
+        if share != row.refunded || new_status != status {
+            let set = store::plan(client, SET_REFUNDED, &[INT8, INT8, TEXT])?;
+            client.update(
+                set,
+                None,
+                &[row.id.into(), share.into(), new_status.as_str().into()],
+            )?;
+        }
     }
     Ok(())
 }

@@ -98,6 +98,22 @@ pub fn paid_status(amount_received: i64, amount_refunded: i64) -> PaymentStatus 
     }
 }
 
+/// One PaymentIntent that paid several invoices has one payment row per invoice, and Stripe
+/// refunds the PaymentIntent, not an invoice: its live refunds (`total`) count against the
+/// rows newest first, each up to what it received. `received` is newest first; the shares
+/// come back in the same order.
+pub fn refunds_newest_first(total: i64, received: &[i64]) -> Vec<i64> {
+    let mut left = total.max(0);
+    received
+        .iter()
+        .map(|&got| {
+            let share = left.min(got.max(0));
+            left -= share;
+            share
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefundStatus {
     Pending,
@@ -234,6 +250,16 @@ mod tests {
         assert_eq!(paid_status(1000, 0), Succeeded);
         assert_eq!(paid_status(1000, 400), PartiallyRefunded);
         assert_eq!(paid_status(1000, 1000), Refunded);
+    }
+
+    #[test]
+    fn a_shared_intents_refunds_fill_the_newest_payment_first() {
+        assert_eq!(refunds_newest_first(0, &[1000, 1000]), [0, 0]);
+        assert_eq!(refunds_newest_first(700, &[1000, 1000]), [700, 0]);
+        assert_eq!(refunds_newest_first(1500, &[1000, 1000]), [1000, 500]);
+        assert_eq!(refunds_newest_first(2000, &[1000, 1000]), [1000, 1000]);
+        // More than the rows received (the intent paid something else too): each is capped.
+        assert_eq!(refunds_newest_first(2500, &[1000, 1000]), [1000, 1000]);
     }
 
     #[test]

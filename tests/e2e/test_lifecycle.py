@@ -503,3 +503,34 @@ def test_an_invoice_paid_out_of_band_is_not_stripe_money(api, fake):
     assert api.value("SELECT count(*) FROM public.orders") == orders_before
     assert api.value("SELECT count(*) FROM payment.payments WHERE stripe_invoice_id = %s",
                      (sent_invoice["object_id"],)) == 0
+
+
+def test_a_refund_of_an_intent_that_paid_two_invoices_counts_newest_first(api, fake):
+    """One PaymentIntent may pay several invoices (DESIGN.md): each invoice's payment row
+    names it, and its refunds count against the rows newest first, each up to what it
+    received, so no row shows more refunded than it was paid."""
+    sub = active_subscription(api, fake, "renewer_4")
+    first_invoice = fake.event("invoice.paid", sub["stripe_subscription_id"])
+    assert apply(api, first_invoice)["outcome"] == "applied"
+    older = renewal_payment(api, sub)
+    second_invoice = fake.event("invoice.paid", sub["stripe_subscription_id"])
+    # Stripe paid the second invoice with the first one's PaymentIntent.
+    inpay = invoice_payment_of(fake, second_invoice["object_id"])
+    fake.event("invoice_payment.paid", inpay["id"],
+               payment={"type": "payment_intent", "payment_intent": older["stripe_payment_intent_id"]})
+    assert apply(api, second_invoice)["outcome"] == "applied"
+    newer = renewal_payment(api, sub)
+    assert newer["id"] != older["id"]
+    assert newer["stripe_payment_intent_id"] == older["stripe_payment_intent_id"]
+    assert (older["amount_received"], newer["amount_received"]) == (1000, 1000)
+
+    pi = older["stripe_payment_intent_id"]
+    assert api.deliver(ev.refund_event("refund.created", ev.stripe_id("re"), pi_id=pi,
+                                       ch_id=ev.stripe_id("ch"), amount=1500))["outcome"] == "applied"
+    rows = {r["id"]: r for r in api.rows("SELECT * FROM payment.payments WHERE id IN (%s, %s)",
+                                         (older["id"], newer["id"]))}
+    assert (rows[newer["id"]]["amount_refunded"], rows[newer["id"]]["status"]) == (1000, "refunded")
+    assert (rows[older["id"]]["amount_refunded"], rows[older["id"]]["status"]) == (500, "partially_refunded")
+    # The newer row is fully refunded; what remains is refunded from the older one.
+    assert sqlstate_of(api.row, "SELECT * FROM payment.refund_payment(%s, 100)", (newer["id"],)) == "55000"
+    assert sqlstate_of(api.row, "SELECT * FROM payment.refund_payment(%s, 600)", (older["id"],)) == "22023"
