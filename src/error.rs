@@ -42,7 +42,7 @@ pub enum PaymentError {
     Internal(String),
     /// Stripe (or the way to it) refused or failed; the SQLSTATE says whether to retry.
     Stripe {
-        sqlstate: &'static str,
+        class: crate::stripe::ErrorClass,
         message: String,
         detail: Option<String>,
         hint: String,
@@ -84,7 +84,7 @@ impl PaymentError {
             PaymentError::OrderHasPayments(_) => ERRCODE_FOREIGN_KEY_VIOLATION,
             PaymentError::NotFound(_) => ERRCODE_NO_DATA_FOUND,
             PaymentError::Internal(_) => ERRCODE_INTERNAL_ERROR,
-            PaymentError::Stripe { sqlstate, .. } => PgSqlErrorCode::from(make_sqlstate(sqlstate)),
+            PaymentError::Stripe { class, .. } => stripe_sqlstate(*class),
         }
     }
 
@@ -156,11 +156,20 @@ impl PaymentError {
     }
 }
 
-/// Postgres's MAKE_SQLSTATE: five characters, six bits each, first character lowest.
-fn make_sqlstate(code: &str) -> i32 {
-    code.bytes().take(5).enumerate().fold(0, |acc, (i, c)| {
-        acc | ((((c - b'0') & 0x3F) as i32) << (6 * i))
-    })
+/// The SQLSTATE of each kind of Stripe failure: the class says whether to retry (53000,
+/// 58000), fix the input (22023) or the configuration (28000, 42501).
+fn stripe_sqlstate(class: crate::stripe::ErrorClass) -> PgSqlErrorCode {
+    use crate::stripe::ErrorClass::*;
+    use PgSqlErrorCode::*;
+    match class {
+        Refused | InvalidArgument => ERRCODE_INVALID_PARAMETER_VALUE,
+        IdempotencyConflict => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        Authentication => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+        Permission => ERRCODE_INSUFFICIENT_PRIVILEGE,
+        RateLimited => ERRCODE_INSUFFICIENT_RESOURCES,
+        Unavailable => ERRCODE_SYSTEM_ERROR,
+        Interrupted => ERRCODE_QUERY_CANCELED,
+    }
 }
 
 impl From<crate::stripe::StripeError> for PaymentError {
@@ -192,7 +201,7 @@ impl From<crate::stripe::StripeError> for PaymentError {
             ),
         };
         PaymentError::Stripe {
-            sqlstate: e.sqlstate(),
+            class: e.class(),
             message,
             detail,
             hint: e.hint(),

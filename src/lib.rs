@@ -19,9 +19,12 @@ mod api;
 mod callbacks;
 mod error;
 mod gucs;
-pub mod money;
+mod lifecycle;
+mod metadata;
+mod money;
+mod objects;
 mod store;
-pub mod stripe;
+mod stripe;
 mod webhook;
 
 ::pgrx::pg_module_magic!(name, version);

@@ -4,6 +4,7 @@ use super::entry;
 use super::stripe_call::{self, idempotency_key, metadata};
 use crate::callbacks::{while_writing, Writer};
 use crate::error::{OrRaise, PaymentError, Result};
+use crate::metadata as meta;
 use crate::money;
 use crate::store::{self, first_value, orders, BOOL, INT8, TEXT};
 use pgrx::prelude::*;
@@ -168,8 +169,8 @@ fn create(order_id: i64, currency: &str, amount: i64) -> Result<i64> {
     let meta = metadata(
         &installation,
         &[
-            ("pg_payment_order_id", &order_text),
-            ("pg_payment_attempt", &attempt_text),
+            (meta::ORDER_ID, &order_text),
+            (meta::PAYMENT_ATTEMPT, &attempt_text),
         ],
     );
     let intent = stripe_call::call(|client, hooks| {

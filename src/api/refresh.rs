@@ -7,7 +7,6 @@ use super::stripe_call;
 use super::webhooks::StripeApi;
 use crate::error::{PaymentError, Result};
 use crate::store;
-use crate::stripe::{Form, Method};
 use crate::webhook;
 use pgrx::prelude::*;
 use serde_json::Value;
@@ -22,10 +21,6 @@ const RECURRING: &str =
 fn stripe_id<'a>(what: &str, id: &'a str) -> Result<&'a str> {
     crate::stripe::check_id(what, id)?;
     Ok(id)
-}
-
-fn read(path: &str) -> Result<Value> {
-    stripe_call::call(|client, hooks| client.request(Method::Get, path, &Form::new(), None, hooks))
 }
 
 /// The event that a PaymentIntent in this state would have sent; None for the states
@@ -79,10 +74,8 @@ fn refresh_payment(payment_id: i64) -> Result<i64> {
         message: format!("payment {payment_id} has no PaymentIntent"),
         hint: "Only payments made through Stripe can be refreshed from it.".into(),
     })?;
-    let current = read(&format!(
-        "/v1/payment_intents/{}",
-        stripe_id("payment_intent", &intent)?
-    ))?;
+    let current: Value =
+        stripe_call::call(|client, hooks| client.retrieve_payment_intent(&intent, hooks))?;
     if let Some(event_type) = event_of_intent(&current) {
         webhook::apply_current_state(event_type, current, livemode, &StripeApi)?;
     }
@@ -109,10 +102,8 @@ fn refresh_subscription(recurring_payment_id: i64) -> Result<i64> {
         message: format!("recurring payment {recurring_payment_id} has no Stripe subscription"),
         hint: "Only subscriptions made through Stripe can be refreshed from it.".into(),
     })?;
-    let current = read(&format!(
-        "/v1/subscriptions/{}",
-        stripe_id("subscription", &subscription)?
-    ))?;
+    let current: Value =
+        stripe_call::call(|client, hooks| client.retrieve_subscription(&subscription, hooks))?;
     webhook::apply_current_state(
         "customer.subscription.updated",
         current,

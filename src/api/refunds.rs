@@ -4,9 +4,10 @@ use super::entry;
 use super::stripe_call::{self, idempotency_key, metadata};
 use crate::callbacks::{while_writing, Writer};
 use crate::error::{PaymentError, Result};
+use crate::lifecycle::PaymentStatus;
+use crate::metadata as meta;
 use crate::store::refunds::{self, RefundFacts};
 use crate::store::{self, first_value, INT8, TEXT};
-use crate::webhook::transitions::PaymentStatus;
 use pgrx::prelude::*;
 
 /// The row lock on the payment is held until the transaction ends: concurrent refunds of one
@@ -120,11 +121,11 @@ fn refund(payment_id: i64, requested: Option<i64>) -> Result<i64> {
     let meta = metadata(
         &installation,
         &[
-            ("pg_payment_payment_id", &payment_text),
-            ("pg_payment_order_id", &order_text),
+            (meta::PAYMENT_ID, &payment_text),
+            (meta::ORDER_ID, &order_text),
             // Which attempt this is: what tells a refund an earlier key made (after an error
             // Stripe saved) from a new refund of the same amount.
-            ("pg_payment_refund_attempt", &attempt_text),
+            (meta::REFUND_ATTEMPT, &attempt_text),
         ],
     );
     let created = stripe_call::call(|client, hooks| {

@@ -152,7 +152,7 @@ pub fn metadata<'a>(
     installation: &'a str,
     extra: &[(&'a str, &'a str)],
 ) -> Vec<(&'a str, &'a str)> {
-    let mut m = vec![(crate::webhook::META_INSTALLATION, installation)];
+    let mut m = vec![(crate::metadata::INSTALLATION, installation)];
     m.extend_from_slice(extra);
     m
 }

@@ -4,10 +4,11 @@ use super::entry;
 use super::stripe_call::{self, idempotency_key, metadata};
 use crate::callbacks::{while_writing, Writer};
 use crate::error::{PaymentError, Result};
+use crate::lifecycle::SubscriptionStatus;
+use crate::metadata as meta;
 use crate::money;
+use crate::objects::{Price, Subscription};
 use crate::store::{self, first_value, orders, BOOL, INT8, TEXT};
-use crate::stripe::{Price, Subscription};
-use crate::webhook::transitions::SUBSCRIPTION_STATUSES;
 use pgrx::prelude::*;
 use rust_decimal::Decimal;
 use std::str::FromStr;
@@ -33,18 +34,13 @@ const UPDATE_AFTER_CANCEL: &str = "\
            canceled_at = COALESCE(pg_catalog.to_timestamp($4), canceled_at), updated_at = pg_catalog.now() \
      WHERE id = $1";
 
-fn status_of(subscription: &Subscription) -> Result<String> {
-    let status = subscription
-        .status
-        .clone()
-        .unwrap_or_else(|| "incomplete".into());
-    if SUBSCRIPTION_STATUSES.contains(&status.as_str()) {
-        Ok(status)
-    } else {
-        Err(PaymentError::invalid(format!(
+fn status_of(subscription: &Subscription) -> Result<SubscriptionStatus> {
+    let status = subscription.status.as_deref().unwrap_or("incomplete");
+    SubscriptionStatus::parse(status).ok_or_else(|| {
+        PaymentError::Internal(format!(
             "Stripe answered with an unknown subscription status {status}"
-        )))
-    }
+        ))
+    })
 }
 
 /// DESIGN.md: the Price must be recurring, in the order's currency (a link without a
@@ -186,7 +182,7 @@ fn start(order_id: i64, price_id: &str) -> Result<i64> {
         Some(customer) => customer,
         None => {
             let key = idempotency_key(&installation, "customer", &[&order], 0);
-            let meta = metadata(&installation, &[("pg_payment_user", &order)]);
+            let meta = metadata(&installation, &[(meta::USER, &order)]);
             let created = stripe_call::call(|client, hooks| {
                 client.create_customer(None, &meta, &key, hooks)
             })?;
@@ -218,10 +214,10 @@ fn start(order_id: i64, price_id: &str) -> Result<i64> {
     let meta = metadata(
         &installation,
         &[
-            ("pg_payment_order_id", &order_text),
+            (meta::ORDER_ID, &order_text),
             // Which attempt: what tells a subscription an earlier key made (after an error
             // Stripe saved) from a new one for the same order.
-            ("pg_payment_subscription_attempt", &attempt_text),
+            (meta::SUBSCRIPTION_ATTEMPT, &attempt_text),
         ],
     );
     let subscription = stripe_call::call(|client, hooks| {
@@ -270,12 +266,12 @@ fn cancel(recurring_payment_id: i64, at_period_end: bool) -> Result<i64> {
             })?;
             Ok((
                 row.get(1)?,
-                row.get(2)?.unwrap_or_default(),
+                store::required(row.get(2)?, "recurring_payments.status")?,
                 row.get(3)?.unwrap_or_default(),
             ))
         })?;
     // Canceling twice is harmless: the row already says so.
-    if matches!(status.as_str(), "canceled" | "incomplete_expired") {
+    if SubscriptionStatus::parse(&status).is_some_and(SubscriptionStatus::is_final) {
         return Ok(recurring_payment_id);
     }
     let subscription_id = subscription_id.ok_or_else(|| {

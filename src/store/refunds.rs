@@ -5,10 +5,10 @@
 //! and its webhook, count the money once.
 
 use crate::error::Result;
-use crate::store::{self, first_value, INT8, TEXT};
-use crate::webhook::transitions::{
+use crate::lifecycle::{
     paid_status, refund_may_move, refunds_newest_first, PaymentStatus, RefundStatus,
 };
+use crate::store::{self, first_value, INT8, TEXT};
 use pgrx::spi::SpiClient;
 
 const REMEMBER_CHARGE: &str = "\

@@ -6,7 +6,8 @@
 use super::client::{Client, Hooks, Method};
 use super::error::StripeError;
 use super::form::{Form, Param};
-use super::objects::{Customer, List, PaymentIntent, Price, Refund, Subscription};
+use crate::objects::{Customer, List, PaymentIntent, Price, Refund, Subscription};
+use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 
 /// From this API version on, an invoice no longer has `payment_intent`; the
@@ -268,13 +269,13 @@ impl Client {
         )
     }
 
-    /// `GET /v1/payment_intents/{id}`, to learn what a call that was cut off
-    /// actually did.
-    pub fn retrieve_payment_intent(
+    /// `GET /v1/payment_intents/{id}`: typed, or as Stripe's JSON (`serde_json::Value`)
+    /// for the webhook's apply path (refresh_payment).
+    pub fn retrieve_payment_intent<T: DeserializeOwned>(
         &self,
         id: &str,
         hooks: Hooks<'_>,
-    ) -> Result<PaymentIntent, StripeError> {
+    ) -> Result<T, StripeError> {
         check_id("payment_intent", id)?;
         let path = format!("/v1/payment_intents/{id}");
         self.request(Method::Get, &path, &Form::new(), None, hooks)
@@ -287,12 +288,13 @@ impl Client {
         self.request(Method::Get, &path, &Form::new(), None, hooks)
     }
 
-    /// `GET /v1/subscriptions/{id}`.
-    pub fn retrieve_subscription(
+    /// `GET /v1/subscriptions/{id}`: typed, or as Stripe's JSON for the webhook's apply
+    /// path (refresh_subscription).
+    pub fn retrieve_subscription<T: DeserializeOwned>(
         &self,
         id: &str,
         hooks: Hooks<'_>,
-    ) -> Result<Subscription, StripeError> {
+    ) -> Result<T, StripeError> {
         check_id("subscription", id)?;
         let path = format!("/v1/subscriptions/{id}");
         self.request(Method::Get, &path, &Form::new(), None, hooks)
@@ -356,6 +358,7 @@ pub fn check_id(what: &str, id: &str) -> Result<(), StripeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stripe::ErrorClass;
 
     #[test]
     fn expansion_follows_the_pinned_api_version() {
@@ -386,7 +389,7 @@ mod tests {
         assert!(check_id("subscription", "sub_1Abc").is_ok());
         for bad in ["", "../v1/charges", "sub_1?x=1", "sub 1"] {
             let err = check_id("subscription", bad).unwrap_err();
-            assert_eq!(err.sqlstate(), "22023");
+            assert_eq!(err.class(), ErrorClass::InvalidArgument);
         }
     }
 }

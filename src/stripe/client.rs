@@ -332,6 +332,7 @@ pub fn wait(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stripe::ErrorClass;
     use std::cell::Cell;
 
     #[test]
@@ -364,7 +365,7 @@ mod tests {
         assert!(check_idempotency_key(Some("pgpay-payment-abc")).is_ok());
         for bad in [None, Some(""), Some("has space"), Some("é")] {
             let err = check_idempotency_key(bad).unwrap_err();
-            assert_eq!(err.sqlstate(), "22023");
+            assert_eq!(err.class(), ErrorClass::InvalidArgument);
         }
         assert!(check_idempotency_key(Some(&"k".repeat(256))).is_err());
     }

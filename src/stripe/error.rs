@@ -68,6 +68,29 @@ pub enum StripeError {
     InvalidArgument(String),
 }
 
+/// The kinds of failure a caller must tell apart: whether to retry, fix the input or the
+/// configuration. No SQLSTATEs here (no pgrx): `error.rs` maps each class to one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Stripe refused the request as sent (a declined card, a bad parameter): repeating it
+    /// fails the same way.
+    Refused,
+    /// The same Idempotency-Key was sent with other parameters.
+    IdempotencyConflict,
+    /// The key was not accepted.
+    Authentication,
+    /// A restricted key lacks a permission.
+    Permission,
+    /// Too many requests: retry later.
+    RateLimited,
+    /// Stripe failed, or could not be reached in time, or answered something else: retry.
+    Unavailable,
+    /// The caller cancelled the call.
+    Interrupted,
+    /// Refused before sending: an argument the client checks itself.
+    InvalidArgument,
+}
+
 impl StripeError {
     /// Builds the error for a non-2xx answer from its body.
     pub fn from_response(http_status: u16, request_id: Option<String>, body: &str) -> Self {
@@ -114,41 +137,25 @@ impl StripeError {
         }
     }
 
-    /// The SQLSTATE to report (see the module comment).
-    pub fn sqlstate(&self) -> &'static str {
+    /// What kind of failure this is; `error.rs` maps each class to its SQLSTATE.
+    pub fn class(&self) -> ErrorClass {
         match self {
             StripeError::Api(api) => match api.error_type.as_str() {
-                "card_error" | "invalid_request_error" => "22023",
-                "idempotency_error" => "55000",
-                "authentication_error" => "28000",
-                "permission_error" => "42501",
-                "rate_limit_error" => "53000",
-                "api_error" => "58000",
-                _ if api.http_status == 429 => "53000",
-                _ if api.http_status >= 500 => "58000",
-                _ => "22023",
+                "card_error" | "invalid_request_error" => ErrorClass::Refused,
+                "idempotency_error" => ErrorClass::IdempotencyConflict,
+                "authentication_error" => ErrorClass::Authentication,
+                "permission_error" => ErrorClass::Permission,
+                "rate_limit_error" => ErrorClass::RateLimited,
+                "api_error" => ErrorClass::Unavailable,
+                _ if api.http_status == 429 => ErrorClass::RateLimited,
+                _ if api.http_status >= 500 => ErrorClass::Unavailable,
+                _ => ErrorClass::Refused,
             },
             StripeError::Network { .. }
             | StripeError::Timeout { .. }
-            | StripeError::BadResponse { .. } => "58000",
-            StripeError::Interrupted => "57014",
-            StripeError::InvalidArgument(_) => "22023",
-        }
-    }
-
-    /// True when running the same call again later may succeed. It is always
-    /// safe to try: the Idempotency-Key stops Stripe from acting twice.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            StripeError::Api(api) => {
-                matches!(api.error_type.as_str(), "rate_limit_error" | "api_error")
-                    || api.http_status == 409
-                    || api.http_status == 429
-                    || api.http_status >= 500
-            }
-            StripeError::Network { .. } | StripeError::Timeout { .. } => true,
-            StripeError::BadResponse { http_status, .. } => *http_status >= 500,
-            StripeError::Interrupted | StripeError::InvalidArgument(_) => false,
+            | StripeError::BadResponse { .. } => ErrorClass::Unavailable,
+            StripeError::Interrupted => ErrorClass::Interrupted,
+            StripeError::InvalidArgument(_) => ErrorClass::InvalidArgument,
         }
     }
 
@@ -348,8 +355,7 @@ mod tests {
                 request_id: Some("req_8Gr1gX8ZlpXWNp".into()),
             }))
         );
-        assert_eq!(err.sqlstate(), "22023");
-        assert!(!err.is_transient());
+        assert_eq!(err.class(), ErrorClass::Refused);
         assert_eq!(
             err.to_string(),
             "Stripe card_error (code card_declined, decline code insufficient_funds): Your \
@@ -366,11 +372,11 @@ mod tests {
         assert!(err
             .to_string()
             .contains("parameter automatic_payment_methods"));
-        assert_eq!(err.sqlstate(), "22023");
+        assert_eq!(err.class(), ErrorClass::Refused);
     }
 
     #[test]
-    fn sqlstates_follow_the_error_type_then_the_status() {
+    fn classes_follow_the_error_type_then_the_status() {
         let api = |status, t: &str| {
             StripeError::from_response(
                 status,
@@ -378,25 +384,38 @@ mod tests {
                 &format!(r#"{{"error":{{"type":"{t}","message":"m"}}}}"#),
             )
         };
-        assert_eq!(api(401, "authentication_error").sqlstate(), "28000");
-        assert_eq!(api(403, "permission_error").sqlstate(), "42501");
-        assert_eq!(api(429, "rate_limit_error").sqlstate(), "53000");
-        assert_eq!(api(400, "idempotency_error").sqlstate(), "55000");
-        assert_eq!(api(500, "api_error").sqlstate(), "58000");
-        assert_eq!(api(503, "something_new").sqlstate(), "58000");
-        assert_eq!(api(429, "something_new").sqlstate(), "53000");
-        assert_eq!(api(418, "something_new").sqlstate(), "22023");
-        assert!(api(500, "api_error").is_transient());
-        assert!(api(409, "invalid_request_error").is_transient());
-        assert_eq!(StripeError::Interrupted.sqlstate(), "57014");
-        assert_eq!(StripeError::Timeout { after_ms: 1 }.sqlstate(), "58000");
-        assert_eq!(StripeError::network("reset", true).sqlstate(), "58000");
+        assert_eq!(
+            api(401, "authentication_error").class(),
+            ErrorClass::Authentication
+        );
+        assert_eq!(api(403, "permission_error").class(), ErrorClass::Permission);
+        assert_eq!(
+            api(429, "rate_limit_error").class(),
+            ErrorClass::RateLimited
+        );
+        assert_eq!(
+            api(400, "idempotency_error").class(),
+            ErrorClass::IdempotencyConflict
+        );
+        assert_eq!(api(500, "api_error").class(), ErrorClass::Unavailable);
+        assert_eq!(api(503, "something_new").class(), ErrorClass::Unavailable);
+        assert_eq!(api(429, "something_new").class(), ErrorClass::RateLimited);
+        assert_eq!(api(418, "something_new").class(), ErrorClass::Refused);
+        assert_eq!(StripeError::Interrupted.class(), ErrorClass::Interrupted);
+        assert_eq!(
+            StripeError::Timeout { after_ms: 1 }.class(),
+            ErrorClass::Unavailable
+        );
+        assert_eq!(
+            StripeError::network("reset", true).class(),
+            ErrorClass::Unavailable
+        );
     }
 
     #[test]
     fn missing_type_is_inferred_from_the_status() {
         let err = StripeError::from_response(401, None, r#"{"error":{"message":"No key"}}"#);
-        assert_eq!(err.sqlstate(), "28000");
+        assert_eq!(err.class(), ErrorClass::Authentication);
     }
 
     #[test]
@@ -409,7 +428,6 @@ mod tests {
                 ..
             }
         ));
-        assert!(err.is_transient());
         assert_eq!(err.request_id(), Some("req_1"));
         assert!(!err.to_string().contains("<html>"));
     }

@@ -80,10 +80,6 @@ impl Form {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.params.is_empty()
-    }
-
     /// The `(key, value)` pairs after flattening, before percent-encoding.
     pub fn pairs(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
@@ -208,6 +204,6 @@ mod tests {
             .push("description", "");
         assert_eq!(form.encode(), "cancel_at_period_end=true&description=");
         assert_eq!(Form::new().push_opt("email", None::<&str>).encode(), "");
-        assert!(Form::new().is_empty());
+        assert_eq!(Form::new().encode(), "");
     }
 }

@@ -19,23 +19,17 @@ mod client;
 mod error;
 mod form;
 mod idempotency;
-mod objects;
 mod retry;
 mod transport;
 
 #[cfg(test)]
 mod http_tests;
 
-pub use calls::{check_id, first_invoice_expansion};
-pub use client::{wait, Client, Hooks, Method, RequestLog, POLL_INTERVAL};
-pub use error::{scrub_secrets, ApiError, Interrupted, StripeError};
-pub use form::{quote_plus, Form, Param};
+pub use calls::check_id;
+pub use client::{Client, Hooks, Method, RequestLog};
+pub use error::{scrub_secrets, ErrorClass, Interrupted, StripeError};
+pub use form::{Form, Param};
 pub use idempotency::idempotency_key;
-pub use objects::{
-    ConfirmationSecret, Customer, Expandable, HasId, Invoice, List, ObjectRef, PaymentError,
-    PaymentIntent, Price, Refund, Subscription, SubscriptionItem,
-};
-pub use retry::{backoff_delay, should_retry, Attempt};
 
 use std::fmt;
 

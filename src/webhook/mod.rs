@@ -8,11 +8,8 @@
 pub mod event;
 pub mod signature;
 pub mod sync;
-pub mod transitions;
 
 mod apply;
-
-pub use apply::META_INSTALLATION;
 
 use crate::callbacks::{while_writing, Writer};
 use crate::error::{PaymentError, Result};

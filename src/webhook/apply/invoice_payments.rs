@@ -5,10 +5,11 @@
 //! charge, so it can be refunded and its dashboard refunds are counted. Either order gives
 //! the same rows.
 
-use super::object;
+use super::{object, required};
 use crate::error::{PaymentError, Result};
+use crate::objects::{InvoicePayment, List};
 use crate::store::{self, refunds, INT8, TEXT};
-use crate::webhook::event::{Envelope, InvoicePayment, List};
+use crate::webhook::event::Envelope;
 use crate::webhook::{Outcome, StripeReads};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -85,8 +86,21 @@ pub fn record(client: &mut SpiClient<'_>, paid: &InvoicePayment) -> Result<()> {
             paid.payment.payment_intent.as_ref().map(|p| p.id()).into(),
             paid.payment.charge.as_ref().map(|c| c.id()).into(),
             paid.amount_paid.into(),
-            paid.currency.to_lowercase().into(),
-            paid.status.as_str().into(),
+            required(
+                paid.currency.as_deref(),
+                "invoice payment",
+                &paid.id,
+                "currency",
+            )?
+            .to_lowercase()
+            .into(),
+            required(
+                paid.status.as_deref(),
+                "invoice payment",
+                &paid.id,
+                "status",
+            )?
+            .into(),
             paid.payment.payment_type.as_str().into(),
         ],
     )?;

@@ -8,10 +8,9 @@ mod subscriptions;
 use super::event::{self, Envelope, EventKind};
 use super::{Outcome, StripeReads};
 use crate::error::{PaymentError, Result};
+use crate::metadata as meta;
+use crate::objects::Metadata;
 use crate::store;
-
-/// Metadata keys pg_payment puts on every object it creates at Stripe.
-pub const META_INSTALLATION: &str = "pg_payment_installation";
 
 pub fn apply(
     envelope: &Envelope<'_>,
@@ -45,26 +44,27 @@ fn object<'a, T: serde::Deserialize<'a>>(envelope: &Envelope<'a>) -> Result<T> {
     event::object(envelope).map_err(PaymentError::InvalidPayload)
 }
 
-pub const META_ORDER_ID: &str = "pg_payment_order_id";
+/// A field the objects model leaves optional (API answers and old versions may lack it) but
+/// that this event cannot be applied without.
+fn required<T>(value: Option<T>, object: &str, id: &str, field: &str) -> Result<T> {
+    value.ok_or_else(|| PaymentError::InvalidPayload(format!("{object} {id} has no {field}")))
+}
 
 /// The order an object of ours was created for, when its metadata says so.
-fn our_order(metadata: &Option<event::Metadata>) -> Result<Option<i64>> {
-    let Some(installation) = event::metadata_str(metadata, META_INSTALLATION) else {
+fn our_order(metadata: &Metadata) -> Result<Option<i64>> {
+    let Some(installation) = meta::installation(metadata) else {
         return Ok(None);
     };
     if !store::is_our_installation(installation)? {
         return Ok(None);
     }
-    Ok(event::metadata_str(metadata, META_ORDER_ID).and_then(|id| id.parse().ok()))
+    Ok(meta::order_id(metadata))
 }
 
 /// An object of ours that its row does not show yet may be in a transaction still creating
 /// it: wait for that transaction (it holds the order's lock) before giving up on it.
 /// Returns whether it waited, so the caller looks again.
-fn waited_for_creator(
-    client: &mut pgrx::spi::SpiClient<'_>,
-    metadata: &Option<event::Metadata>,
-) -> Result<bool> {
+fn waited_for_creator(client: &mut pgrx::spi::SpiClient<'_>, metadata: &Metadata) -> Result<bool> {
     match our_order(metadata)? {
         Some(order_id) => {
             store::orders::take_order_lock(client, order_id)?;
@@ -76,8 +76,8 @@ fn waited_for_creator(
 
 /// An object stamped with another installation's id belongs to another database on the
 /// same Stripe account: never apply it here.
-fn is_foreign(metadata: &Option<event::Metadata>) -> Result<bool> {
-    match event::metadata_str(metadata, META_INSTALLATION) {
+fn is_foreign(metadata: &Metadata) -> Result<bool> {
+    match meta::installation(metadata) {
         None => Ok(false),
         Some(theirs) => Ok(!store::is_our_installation(theirs)?),
     }

@@ -1,10 +1,11 @@
 //! The payment callback: payment_intent.* events move a payment forward.
 
-use super::{is_foreign, object, waited_for_creator};
+use super::{is_foreign, object, required, waited_for_creator};
 use crate::error::Result;
+use crate::lifecycle::{paid_status, payment_may_move, PaymentStatus};
+use crate::objects::PaymentIntent;
 use crate::store::{self, refunds, INT8, TEXT};
-use crate::webhook::event::{Envelope, PaymentIntent};
-use crate::webhook::transitions::{paid_status, payment_may_move, PaymentStatus};
+use crate::webhook::event::Envelope;
 use crate::webhook::Outcome;
 use pgrx::prelude::*;
 
@@ -56,14 +57,21 @@ pub fn apply_payment_intent(envelope: &Envelope<'_>, target: PaymentStatus) -> R
         if !payment_may_move(current, last_event_at, target, envelope.created) {
             return Ok(Outcome::Applied);
         }
-        let received = intent.amount_received.unwrap_or(intent.amount);
+        let intent_amount = required(intent.amount, "payment intent", &intent.id, "amount")?;
+        let intent_currency = required(
+            intent.currency.as_deref(),
+            "payment intent",
+            &intent.id,
+            "currency",
+        )?;
+        let received = intent.amount_received.unwrap_or(intent_amount);
         if target == PaymentStatus::Succeeded
-            && (received != amount || !intent.currency.eq_ignore_ascii_case(&currency))
+            && (received != amount || !intent_currency.eq_ignore_ascii_case(&currency))
         {
             // Stripe says paid, but not what the order costs: record it, do not trust it.
             let message = format!(
                 "Stripe reported {received} {} received, but the payment is for {amount} {currency}",
-                intent.currency.to_lowercase()
+                intent_currency.to_lowercase()
             );
             let flag = store::plan(client, FLAG_AMOUNT_MISMATCH, &[INT8, INT8, TEXT, TEXT])?;
             client.update(

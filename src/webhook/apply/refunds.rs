@@ -2,12 +2,13 @@
 //! `amount_refunded` is always re-derived from its live refunds, so the two events Stripe
 //! sends for one refund count its money once.
 
-use super::object;
+use super::{object, required};
 use crate::error::{PaymentError, Result};
+use crate::lifecycle::RefundStatus;
+use crate::objects::{Charge, List, Refund};
 use crate::store::refunds::{self, RefundFacts};
 use crate::store::{self, INT8, TEXT};
-use crate::webhook::event::{Charge, Envelope, List, Refund};
-use crate::webhook::transitions::RefundStatus;
+use crate::webhook::event::Envelope;
 use crate::webhook::{Outcome, StripeReads};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -33,7 +34,7 @@ pub fn apply_refund_event(envelope: &Envelope<'_>) -> Result<Outcome> {
         refunds::record(
             client,
             payment_id,
-            &facts(&refund),
+            &facts(&refund)?,
             forced,
             Some(envelope.created),
         )?;
@@ -70,7 +71,7 @@ pub fn apply_charge_refunded(envelope: &Envelope<'_>, stripe: &dyn StripeReads) 
             refunds::record(
                 client,
                 payment_id,
-                &facts(refund),
+                &facts(refund)?,
                 None,
                 Some(envelope.created),
             )?;
@@ -78,7 +79,7 @@ pub fn apply_charge_refunded(envelope: &Envelope<'_>, stripe: &dyn StripeReads) 
         if let Some(refunded) = charge.amount_refunded {
             if refunded > recorded_refunds(client, payment_id)? {
                 for refund in list_refunds(stripe, &charge.id)? {
-                    refunds::record(client, payment_id, &facts(&refund), None, None)?;
+                    refunds::record(client, payment_id, &facts(&refund)?, None, None)?;
                 }
             }
         }
@@ -139,13 +140,13 @@ fn lookup(client: &mut SpiClient<'_>, sql: &'static str, key: &str) -> Result<Op
     store::first_value::<i64>(client.update(stmt, Some(1), &[key.into()])?)
 }
 
-fn facts(refund: &Refund) -> RefundFacts<'_> {
-    RefundFacts {
+fn facts(refund: &Refund) -> Result<RefundFacts<'_>> {
+    Ok(RefundFacts {
         id: &refund.id,
-        amount: refund.amount,
-        currency: &refund.currency,
+        amount: required(refund.amount, "refund", &refund.id, "amount")?,
+        currency: required(refund.currency.as_deref(), "refund", &refund.id, "currency")?,
         status: refund.status.as_deref(),
         reason: refund.reason.as_deref(),
         failure_reason: refund.failure_reason.as_deref(),
-    }
+    })
 }

@@ -2,11 +2,12 @@
 //! (management); a paid renewal invoice creates a new order and its payment (deduction).
 
 use super::invoice_payments::{self, PaidWith};
-use super::{object, waited_for_creator};
+use super::{object, required, waited_for_creator};
 use crate::error::{PaymentError, Result};
+use crate::lifecycle::{subscription_may_move, SubscriptionStatus};
+use crate::objects::{Invoice, Subscription};
 use crate::store::{self, orders, BOOL, INT8, TEXT};
-use crate::webhook::event::{Envelope, Invoice, Subscription};
-use crate::webhook::transitions::{subscription_may_move, SUBSCRIPTION_STATUSES};
+use crate::webhook::event::Envelope;
 use crate::webhook::{Outcome, StripeReads};
 use pgrx::prelude::*;
 
@@ -34,10 +35,18 @@ const INSERT_RENEWAL_PAYMENT: &str = "\
 
 struct Recurring {
     id: i64,
-    status: String,
+    status: SubscriptionStatus,
     last_event_at: Option<i64>,
     order_id: i64,
     livemode: bool,
+}
+
+/// A stored status is one the table's CHECK allows: anything else is a broken invariant.
+fn stored_status(status: Option<String>) -> Result<SubscriptionStatus> {
+    let status = store::required(status, "recurring_payments.status")?;
+    SubscriptionStatus::parse(&status).ok_or_else(|| {
+        PaymentError::Internal(format!("recurring_payments.status holds {status:?}"))
+    })
 }
 
 fn lock_recurring(
@@ -51,7 +60,7 @@ fn lock_recurring(
     };
     Ok(Some(Recurring {
         id: row.get(1)?.unwrap_or_default(),
-        status: row.get(2)?.unwrap_or_default(),
+        status: stored_status(row.get::<String>(2)?)?,
         last_event_at: row.get(3)?,
         order_id: row.get(4)?.unwrap_or_default(),
         livemode: row.get(5)?.unwrap_or_default(),
@@ -60,12 +69,18 @@ fn lock_recurring(
 
 pub fn apply_subscription(envelope: &Envelope<'_>) -> Result<Outcome> {
     let subscription: Subscription = object(envelope)?;
-    if !SUBSCRIPTION_STATUSES.contains(&subscription.status.as_str()) {
+    let stripe_status = required(
+        subscription.status.as_deref(),
+        "subscription",
+        &subscription.id,
+        "status",
+    )?;
+    let Some(status) = SubscriptionStatus::parse(stripe_status) else {
         return Err(PaymentError::InvalidPayload(format!(
-            "subscription {} has a status pg_payment does not know: {}",
-            subscription.id, subscription.status
+            "subscription {} has a status pg_payment does not know: {stripe_status}",
+            subscription.id
         )));
-    }
+    };
     Spi::connect_mut(|client| {
         let mut recurring = lock_recurring(client, &subscription.id)?;
         if recurring.is_none() && waited_for_creator(client, &subscription.metadata)? {
@@ -75,14 +90,14 @@ pub fn apply_subscription(envelope: &Envelope<'_>) -> Result<Outcome> {
             return Ok(Outcome::Ignored);
         };
         if !subscription_may_move(
-            &recurring.status,
-            &subscription.status,
+            recurring.status,
+            status,
             recurring.last_event_at,
             envelope.created,
         ) {
             return Ok(Outcome::Applied);
         }
-        let (start, end) = subscription.period();
+        let (start, end) = subscription.current_period();
         let stmt = store::plan(
             client,
             MOVE_RECURRING,
@@ -95,12 +110,12 @@ pub fn apply_subscription(envelope: &Envelope<'_>) -> Result<Outcome> {
             None,
             &[
                 recurring.id.into(),
-                subscription.status.as_str().into(),
-                subscription.cancel_at_period_end.into(),
+                status.as_str().into(),
+                subscription.cancel_at_period_end.unwrap_or(false).into(),
                 start.into(),
                 end.into(),
                 subscription.canceled_at.into(),
-                subscription.customer.as_ref().map(|c| c.id()).into(),
+                subscription.customer_id().into(),
                 subscription.price_id().into(),
                 envelope.created.into(),
                 subscription.cancel_at.into(),
@@ -121,6 +136,7 @@ pub fn apply_subscription(envelope: &Envelope<'_>) -> Result<Outcome> {
 /// (a trial's first one) records nothing.
 pub fn apply_invoice_paid(envelope: &Envelope<'_>, stripe: &dyn StripeReads) -> Result<Outcome> {
     let invoice: Invoice = object(envelope)?;
+    let amount_paid = invoice.amount_paid.unwrap_or(0);
     // Marked paid outside Stripe (before API 2025-03-31): no money Stripe received.
     if invoice.paid_out_of_band == Some(true) {
         return Ok(Outcome::Ignored);
@@ -144,7 +160,7 @@ pub fn apply_invoice_paid(envelope: &Envelope<'_>, stripe: &dyn StripeReads) -> 
         // InvoicePayments say what paid it, and a payment record is not money Stripe holds.
         let intent = match invoice.payment_intent.as_ref().map(|p| p.id().to_string()) {
             Some(intent) => Some(intent),
-            None if invoice.amount_paid > 0 => {
+            None if amount_paid > 0 => {
                 match invoice_payments::paid_with(client, stripe, &invoice.id)? {
                     PaidWith::Stripe(intent) => intent,
                     PaidWith::OutOfBand => return Ok(Outcome::Ignored),
@@ -155,7 +171,7 @@ pub fn apply_invoice_paid(envelope: &Envelope<'_>, stripe: &dyn StripeReads) -> 
         };
         let order_id = if renewal {
             orders::copy_for_renewal(client, recurring.order_id)?
-        } else if invoice.amount_paid > 0 {
+        } else if amount_paid > 0 {
             recurring.order_id
         } else {
             return Ok(Outcome::Applied);
@@ -171,8 +187,15 @@ pub fn apply_invoice_paid(envelope: &Envelope<'_>, stripe: &dyn StripeReads) -> 
             &[
                 order_id.into(),
                 recurring.id.into(),
-                invoice.amount_paid.into(),
-                invoice.currency.to_lowercase().into(),
+                amount_paid.into(),
+                required(
+                    invoice.currency.as_deref(),
+                    "invoice",
+                    &invoice.id,
+                    "currency",
+                )?
+                .to_lowercase()
+                .into(),
                 intent.as_deref().into(),
                 invoice.id.as_str().into(),
                 (recurring.livemode || envelope.livemode).into(),
@@ -208,11 +231,14 @@ pub fn apply_invoice_payment_failed(envelope: &Envelope<'_>) -> Result<Outcome> 
         let Some(recurring) = lock_recurring(client, subscription_id)? else {
             return Ok(Outcome::Ignored);
         };
-        let eligible = matches!(recurring.status.as_str(), "active" | "trialing");
+        let eligible = matches!(
+            recurring.status,
+            SubscriptionStatus::Active | SubscriptionStatus::Trialing
+        );
         if eligible
             && subscription_may_move(
-                &recurring.status,
-                "past_due",
+                recurring.status,
+                SubscriptionStatus::PastDue,
                 recurring.last_event_at,
                 envelope.created,
             )

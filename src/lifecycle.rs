@@ -1,4 +1,6 @@
-//! Forward-only state rules, pure so they can be tested without a database.
+//! The lifecycle of payments, refunds and subscriptions: their statuses and the forward-only
+//! rules that move them, pure so they can be tested without a database. Used by the webhook
+//! code, the SQL actions and the storage layer alike.
 //!
 //! Stripe delivers events out of order and more than once. Each row remembers the
 //! `created` time of the event that last moved it; an older event never moves it back.
@@ -170,33 +172,72 @@ pub fn refund_may_move(
     })
 }
 
-/// Subscriptions: `canceled` and `incomplete_expired` are final; otherwise the newest event
-/// wins, and of two in the same second the one that is not `incomplete` (a subscription
-/// never becomes incomplete again once it was anything else).
+/// A subscription's status: Stripe's own, as `payment.recurring_payments.status` stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionStatus {
+    Incomplete,
+    IncompleteExpired,
+    Trialing,
+    Active,
+    PastDue,
+    Canceled,
+    Unpaid,
+    Paused,
+}
+
+impl SubscriptionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubscriptionStatus::Incomplete => "incomplete",
+            SubscriptionStatus::IncompleteExpired => "incomplete_expired",
+            SubscriptionStatus::Trialing => "trialing",
+            SubscriptionStatus::Active => "active",
+            SubscriptionStatus::PastDue => "past_due",
+            SubscriptionStatus::Canceled => "canceled",
+            SubscriptionStatus::Unpaid => "unpaid",
+            SubscriptionStatus::Paused => "paused",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "incomplete" => SubscriptionStatus::Incomplete,
+            "incomplete_expired" => SubscriptionStatus::IncompleteExpired,
+            "trialing" => SubscriptionStatus::Trialing,
+            "active" => SubscriptionStatus::Active,
+            "past_due" => SubscriptionStatus::PastDue,
+            "canceled" => SubscriptionStatus::Canceled,
+            "unpaid" => SubscriptionStatus::Unpaid,
+            "paused" => SubscriptionStatus::Paused,
+            _ => return None,
+        })
+    }
+
+    /// Stripe never leaves these: nothing moves the subscription any more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            SubscriptionStatus::Canceled | SubscriptionStatus::IncompleteExpired
+        )
+    }
+}
+
+/// Subscriptions: the final states stay; otherwise the newest event wins, and of two in the
+/// same second the one that is not `incomplete` (a subscription never becomes incomplete
+/// again once it was anything else).
 pub fn subscription_may_move(
-    current: &str,
-    target: &str,
+    current: SubscriptionStatus,
+    target: SubscriptionStatus,
     last_event_at: Option<i64>,
     event_created: i64,
 ) -> bool {
-    if matches!(current, "canceled" | "incomplete_expired") {
+    if current.is_final() {
         return false;
     }
     is_newer(last_event_at, event_created, || {
-        target != "incomplete" || current == "incomplete"
+        target != SubscriptionStatus::Incomplete || current == SubscriptionStatus::Incomplete
     })
 }
-
-pub const SUBSCRIPTION_STATUSES: [&str; 8] = [
-    "incomplete",
-    "incomplete_expired",
-    "trialing",
-    "active",
-    "past_due",
-    "canceled",
-    "unpaid",
-    "paused",
-];
 
 /// Stripe's `created` has one-second resolution: same-second events are ordered by `tie`.
 fn is_newer(last_event_at: Option<i64>, event_created: i64, tie: impl FnOnce() -> bool) -> bool {
@@ -292,11 +333,41 @@ mod tests {
 
     #[test]
     fn subscriptions_take_the_newest_event_until_canceled() {
-        assert!(subscription_may_move("active", "past_due", Some(10), 11));
-        assert!(!subscription_may_move("active", "past_due", Some(10), 9));
-        assert!(!subscription_may_move("canceled", "active", Some(10), 11));
-        assert!(subscription_may_move("active", "past_due", Some(10), 10));
-        assert!(!subscription_may_move("active", "incomplete", Some(10), 10));
-        assert!(subscription_may_move("incomplete", "active", Some(10), 10));
+        use SubscriptionStatus as S;
+        assert!(subscription_may_move(S::Active, S::PastDue, Some(10), 11));
+        assert!(!subscription_may_move(S::Active, S::PastDue, Some(10), 9));
+        assert!(!subscription_may_move(S::Canceled, S::Active, Some(10), 11));
+        assert!(!subscription_may_move(
+            S::IncompleteExpired,
+            S::Active,
+            Some(10),
+            11
+        ));
+        assert!(subscription_may_move(S::Active, S::PastDue, Some(10), 10));
+        assert!(!subscription_may_move(
+            S::Active,
+            S::Incomplete,
+            Some(10),
+            10
+        ));
+        assert!(subscription_may_move(
+            S::Incomplete,
+            S::Active,
+            Some(10),
+            10
+        ));
+        for s in [
+            "incomplete",
+            "incomplete_expired",
+            "trialing",
+            "active",
+            "past_due",
+            "canceled",
+            "unpaid",
+            "paused",
+        ] {
+            assert_eq!(S::parse(s).map(S::as_str), Some(s));
+        }
+        assert_eq!(S::parse("ended"), None);
     }
 }
