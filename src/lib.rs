@@ -46,10 +46,7 @@ pub extern "C-unwind" fn _PG_init() {
 }
 
 #[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
-mod tests {
-    include!("tests.rs");
-}
+mod pg_tests;
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]

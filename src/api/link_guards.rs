@@ -13,6 +13,7 @@
 //! are not checked (those scripts never touch the app's table).
 
 use crate::error::{OrRaise, PaymentError, Result};
+use crate::store::Statement;
 use crate::store::{self, identity, INT8};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -21,9 +22,12 @@ use pgrx::{PgTrigger, PgTriggerError};
 /// The names of the guard triggers that link_order_table creates on the linked table.
 pub const GUARD_TRIGGER_NAMES: [&str; 2] = ["pg_payment_guard_rows", "pg_payment_guard_truncate"];
 
-const ORDER_HAS_PAYMENTS: &str = "\
+static ORDER_HAS_PAYMENTS: Statement = Statement::new(
+    "\
     SELECT EXISTS (SELECT 1 FROM payment.payments WHERE order_id = $1) \
-        OR EXISTS (SELECT 1 FROM payment.recurring_payments WHERE order_id = $1)";
+        OR EXISTS (SELECT 1 FROM payment.recurring_payments WHERE order_id = $1)",
+    &[INT8],
+);
 const ANY_PAYMENTS: &str = "\
     SELECT EXISTS (SELECT 1 FROM payment.payments) OR EXISTS (SELECT 1 FROM payment.recurring_payments)";
 
@@ -48,7 +52,7 @@ fn order_id(row: &PgHeapTuple<'_, AllocatedByPostgres>, column: &str) -> Result<
 fn has_payments(order_id: i64) -> Result<bool> {
     identity::as_payment_owner(|| {
         Ok(Spi::connect(|client| -> Result<Option<bool>> {
-            let stmt = store::plan(client, ORDER_HAS_PAYMENTS, &[INT8])?;
+            let stmt = store::plan(client, &ORDER_HAS_PAYMENTS)?;
             store::first_value::<bool>(client.select(stmt, Some(1), &[order_id.into()])?)
         })?
         .unwrap_or(false))

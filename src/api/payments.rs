@@ -6,6 +6,7 @@ use crate::callbacks::{while_writing, Writer};
 use crate::error::{OrRaise, PaymentError, Result};
 use crate::metadata as meta;
 use crate::money;
+use crate::store::Statement;
 use crate::store::{self, first_value, orders, BOOL, INT8, TEXT};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -13,28 +14,42 @@ use pgrx::AnyNumeric;
 use rust_decimal::Decimal;
 use std::str::FromStr;
 
-const EARLIER_ATTEMPTS: &str = "\
+static EARLIER_ATTEMPTS: Statement = Statement::new(
+    "\
     SELECT count(*) FROM payment.payments \
-     WHERE order_id = $1 AND amount = $2 AND currency = $3 AND recurring_payment_id IS NULL";
-const INSERT_PAYMENT: &str = "\
+     WHERE order_id = $1 AND amount = $2 AND currency = $3 AND recurring_payment_id IS NULL",
+    &[INT8, INT8, TEXT],
+);
+static INSERT_PAYMENT: Statement = Statement::new(
+    "\
     INSERT INTO payment.payments (order_id, amount, currency, status, stripe_payment_intent_id, \
                                   client_secret, livemode) \
-    VALUES ($1, $2, $3, 'pending', $4, $5, $6) RETURNING id";
+    VALUES ($1, $2, $3, 'pending', $4, $5, $6) RETURNING id",
+    &[INT8, INT8, TEXT, TEXT, TEXT, BOOL],
+);
 
 /// The order's one-time payments that decide what `create_payment` does (DESIGN.md: one
 /// order, one live PaymentIntent): is any of them paid or being paid, and the newest that
 /// can still be paid. A subscription's invoice payments do not count.
-const ORDER_PAYMENTS: &str = "\
+static ORDER_PAYMENTS: Statement = Statement::new("\
     SELECT pg_catalog.bool_or(status IN ('processing', 'succeeded', 'partially_refunded', 'refunded')), \
            (pg_catalog.array_agg(id ORDER BY id DESC) \
               FILTER (WHERE status IN ('pending', 'requires_action', 'failed')))[1] \
-      FROM payment.payments WHERE order_id = $1 AND recurring_payment_id IS NULL";
-const PAYMENT: &str = "\
+      FROM payment.payments WHERE order_id = $1 AND recurring_payment_id IS NULL",
+    &[INT8],
+);
+static PAYMENT: Statement = Statement::new(
+    "\
     SELECT order_id, status, amount, currency, stripe_payment_intent_id, recurring_payment_id \
-      FROM payment.payments WHERE id = $1";
-const MARK_CANCELED: &str = "\
+      FROM payment.payments WHERE id = $1",
+    &[INT8],
+);
+static MARK_CANCELED: Statement = Statement::new(
+    "\
     UPDATE payment.payments SET status = 'canceled', updated_at = pg_catalog.now() \
-     WHERE id = $1 AND status <> 'canceled'";
+     WHERE id = $1 AND status <> 'canceled'",
+    &[INT8],
+);
 
 /// A payment as the actions on it need it.
 struct PaymentRow {
@@ -51,7 +66,7 @@ struct PaymentRow {
 /// snapshot, taken before the order lock was granted, and would miss what the transaction
 /// that held the lock just committed.
 fn payment_row(client: &mut SpiClient<'_>, id: i64) -> Result<Option<PaymentRow>> {
-    let stmt = store::plan(client, PAYMENT, &[INT8])?;
+    let stmt = store::plan(client, &PAYMENT)?;
     let mut rows = client.update(stmt, Some(1), &[id.into()])?;
     let Some(row) = rows.next() else {
         return Ok(None);
@@ -77,7 +92,7 @@ fn cancel_at_stripe(payment: &PaymentRow) -> Result<()> {
     }
     while_writing(Writer::default(), || {
         Spi::connect_mut(|client| -> Result<()> {
-            let stmt = store::plan(client, MARK_CANCELED, &[INT8])?;
+            let stmt = store::plan(client, &MARK_CANCELED)?;
             client.update(stmt, None, &[payment.id.into()])?;
             Ok(())
         })
@@ -115,7 +130,7 @@ fn create(order_id: i64, currency: &str, amount: i64) -> Result<i64> {
     // the open payment back; a paid order is refused before Stripe is called.
     // Under the order lock, with a fresh snapshot (see payment_row).
     let open = Spi::connect_mut(|client| -> Result<Option<PaymentRow>> {
-        let stmt = store::plan(client, ORDER_PAYMENTS, &[INT8])?;
+        let stmt = store::plan(client, &ORDER_PAYMENTS)?;
         let mut rows = client.update(stmt, Some(1), &[order_id.into()])?;
         let (paid, open) = match rows.next() {
             Some(row) => (row.get::<bool>(1)?.unwrap_or(false), row.get::<i64>(2)?),
@@ -143,7 +158,7 @@ fn create(order_id: i64, currency: &str, amount: i64) -> Result<i64> {
     }
 
     let attempt = Spi::connect_mut(|client| -> Result<i64> {
-        let stmt = store::plan(client, EARLIER_ATTEMPTS, &[INT8, INT8, TEXT])?;
+        let stmt = store::plan(client, &EARLIER_ATTEMPTS)?;
         let attempt = first_value::<i64>(client.update(
             stmt,
             Some(1),
@@ -179,11 +194,7 @@ fn create(order_id: i64, currency: &str, amount: i64) -> Result<i64> {
 
     while_writing(Writer::default(), || {
         Spi::connect_mut(|client| -> Result<i64> {
-            let stmt = store::plan(
-                client,
-                INSERT_PAYMENT,
-                &[INT8, INT8, TEXT, TEXT, TEXT, BOOL],
-            )?;
+            let stmt = store::plan(client, &INSERT_PAYMENT)?;
             first_value::<i64>(client.update(
                 stmt,
                 Some(1),
@@ -196,7 +207,7 @@ fn create(order_id: i64, currency: &str, amount: i64) -> Result<i64> {
                     keys.livemode.into(),
                 ],
             )?)?
-            .ok_or_else(|| PaymentError::invalid("the payment row was not created"))
+            .ok_or_else(|| PaymentError::Internal("the payment row was not created".into()))
         })
     })
 }

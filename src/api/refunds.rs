@@ -6,53 +6,16 @@ use crate::callbacks::{while_writing, Writer};
 use crate::error::{PaymentError, Result};
 use crate::lifecycle::PaymentStatus;
 use crate::metadata as meta;
+use crate::store;
+use crate::store::payments::{self, LockedPayment};
 use crate::store::refunds::{self, RefundFacts};
-use crate::store::{self, first_value, INT8, TEXT};
 use pgrx::prelude::*;
 
-/// The row lock on the payment is held until the transaction ends: concurrent refunds of one
-/// payment queue here, so their sum can never pass the amount received.
-/// `amount_refunded` comes from the locked row itself: after waiting for a concurrent refund,
-/// FOR UPDATE returns that row's newest version, while a subquery would still see the
-/// snapshot taken before the wait.
-const LOCK_PAYMENT: &str = "\
-    SELECT status, amount_received, stripe_payment_intent_id, currency, order_id, amount_refunded \
-      FROM payment.payments WHERE id = $1 FOR UPDATE";
-/// Attempts are refunds that refund_payment asked for and committed: a refund recorded only
-/// by its webhook (the dashboard's, or one whose call rolled back) is not an attempt, so the
-/// call that rolled back replays to it instead of refunding a second time.
-const EARLIER_ATTEMPTS: &str = "\
-    SELECT count(*) FROM payment.refunds \
-     WHERE payment_id = $1 AND amount = $2 AND idempotency_key IS NOT NULL";
-const MARK_ATTEMPT: &str = "\
-    UPDATE payment.refunds SET idempotency_key = $2 WHERE stripe_refund_id = $1 AND idempotency_key IS NULL";
-const REFUND_ID: &str = "SELECT id FROM payment.refunds WHERE stripe_refund_id = $1";
-
-struct Payment {
-    status: Option<PaymentStatus>,
-    amount_received: i64,
-    intent: Option<String>,
-    currency: String,
-    order_id: i64,
-    refunded: i64,
-}
-
-fn lock_payment(payment_id: i64) -> Result<Payment> {
-    Spi::connect_mut(|client| -> Result<Payment> {
-        let stmt = store::plan(client, LOCK_PAYMENT, &[INT8])?;
-        let mut rows = client.update(stmt, Some(1), &[payment_id.into()])?;
-        let row = rows.next().ok_or_else(|| {
-            PaymentError::NotFound(format!("payment {payment_id} does not exist"))
-        })?;
-        Ok(Payment {
-            status: row.get::<String>(1)?.and_then(|s| PaymentStatus::parse(&s)),
-            amount_received: row.get(2)?.unwrap_or(0),
-            intent: row.get(3)?,
-            currency: row.get(4)?.unwrap_or_default(),
-            order_id: row.get(5)?.unwrap_or(0),
-            refunded: row.get(6)?.unwrap_or(0),
-        })
-    })
+/// The payment's row lock is held until the transaction ends (store::payments::lock):
+/// concurrent refunds of one payment queue there, so their sum never passes what it received.
+fn lock_payment(payment_id: i64) -> Result<LockedPayment> {
+    Spi::connect_mut(|client| payments::lock(client, payment_id))?
+        .ok_or_else(|| PaymentError::NotFound(format!("payment {payment_id} does not exist")))
 }
 
 fn refund(payment_id: i64, requested: Option<i64>) -> Result<i64> {
@@ -75,10 +38,10 @@ fn refund(payment_id: i64, requested: Option<i64>) -> Result<i64> {
                 .into(),
         });
     }
-    let intent = payment.intent.clone().ok_or_else(|| {
+    let intent = payment.stripe_payment_intent_id.clone().ok_or_else(|| {
         PaymentError::invalid(format!("payment {payment_id} has no PaymentIntent"))
     })?;
-    let remaining = payment.amount_received - payment.refunded;
+    let remaining = payment.amount_received - payment.amount_refunded;
     let amount = requested.unwrap_or(remaining);
     if let Some(requested) = requested {
         crate::money::check_on_step(requested, &payment.currency)?;
@@ -89,7 +52,7 @@ fn refund(payment_id: i64, requested: Option<i64>) -> Result<i64> {
                 "cannot refund {amount} {cur} of payment {payment_id}: {remaining} {cur} remains \
                  ({} received, {} already refunded)",
                 payment.amount_received,
-                payment.refunded,
+                payment.amount_refunded,
                 cur = payment.currency
             ),
             "Amounts are in minor units; pass NULL to refund what remains.",
@@ -99,15 +62,7 @@ fn refund(payment_id: i64, requested: Option<i64>) -> Result<i64> {
     // Attempts of this kind: refunds of this payment with this amount that exist. A call whose
     // transaction rolled back left none, so its retry sends the same key and gets the same
     // refund back; a genuinely new refund of the same amount gets a new key.
-    let attempt = Spi::connect_mut(|client| -> Result<i64> {
-        let stmt = store::plan(client, EARLIER_ATTEMPTS, &[INT8, INT8])?;
-        Ok(first_value::<i64>(client.update(
-            stmt,
-            Some(1),
-            &[payment_id.into(), amount.into()],
-        )?)?
-        .unwrap_or(0))
-    })?;
+    let attempt = Spi::connect_mut(|client| refunds::attempts(client, payment_id, amount))?;
     let amount_text = amount.to_string();
     let payment_text = payment_id.to_string();
     let order_text = payment.order_id.to_string();
@@ -144,15 +99,10 @@ fn refund(payment_id: i64, requested: Option<i64>) -> Result<i64> {
     while_writing(Writer::default(), || {
         Spi::connect_mut(|client| -> Result<i64> {
             refunds::record(client, payment_id, &facts, None, None)?;
-            let mark = store::plan(client, MARK_ATTEMPT, &[TEXT, TEXT])?;
-            client.update(
-                mark,
-                None,
-                &[created.id.as_str().into(), key.as_str().into()],
-            )?;
-            let stmt = store::plan(client, REFUND_ID, &[TEXT])?;
-            first_value::<i64>(client.update(stmt, Some(1), &[created.id.as_str().into()])?)?
-                .ok_or_else(|| PaymentError::invalid("the refund row was not created"))
+            refunds::mark_attempt(client, &created.id, &key)?;
+            refunds::id_of(client, &created.id)?.ok_or_else(|| {
+                PaymentError::Internal(format!("the refund row of {} was not created", created.id))
+            })
         })
     })
 }

@@ -7,6 +7,7 @@
 
 use crate::error::{PaymentError, Result};
 use crate::gucs;
+use crate::store::Statement;
 use crate::store::{self, secrets, TEXT};
 use crate::stripe::{self, Client, Config, Hooks, Interrupted, RequestLog, StripeError};
 use pgrx::pg_sys;
@@ -37,20 +38,18 @@ pub fn keys() -> Result<Keys> {
     })
 }
 
-const LOG_REQUEST: &str = "\
+static LOG_REQUEST: Statement = Statement::new("\
     INSERT INTO payment.api_requests (method, path, idempotency_key, http_status, stripe_request_id, \
                                       duration_ms, error_type, error_code) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    &[TEXT, TEXT, TEXT, store::INT4, TEXT, store::INT4, TEXT, TEXT],
+);
 
 fn log_attempt(attempt: &RequestLog) {
     let http_status = attempt.http_status.map(i32::from);
     let duration_ms = i32::try_from(attempt.duration_ms).unwrap_or(i32::MAX);
     let result = Spi::connect_mut(|client| -> Result<()> {
-        let stmt = store::plan(
-            client,
-            LOG_REQUEST,
-            &[TEXT, TEXT, TEXT, store::INT4, TEXT, store::INT4, TEXT, TEXT],
-        )?;
+        let stmt = store::plan(client, &LOG_REQUEST)?;
         client.update(
             stmt,
             None,

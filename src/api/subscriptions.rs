@@ -8,31 +8,40 @@ use crate::lifecycle::SubscriptionStatus;
 use crate::metadata as meta;
 use crate::money;
 use crate::objects::{Price, Subscription};
-use crate::store::{self, first_value, orders, BOOL, INT8, TEXT};
+use crate::store::Statement;
+use crate::store::{self, first_value, orders, recurring, BOOL, INT8, TEXT};
 use pgrx::prelude::*;
 use rust_decimal::Decimal;
 use std::str::FromStr;
 
-const CUSTOMER_OF_USER: &str =
-    "SELECT stripe_customer_id FROM payment.customers WHERE user_key = $1 AND livemode = $2";
-const SAVE_CUSTOMER: &str = "\
+static CUSTOMER_OF_USER: Statement = Statement::new(
+    "SELECT stripe_customer_id FROM payment.customers WHERE user_key = $1 AND livemode = $2",
+    &[TEXT, BOOL],
+);
+static SAVE_CUSTOMER: Statement = Statement::new(
+    "\
     INSERT INTO payment.customers (user_key, stripe_customer_id, livemode) VALUES ($1, $2, $3) \
-    ON CONFLICT (user_key, livemode) DO NOTHING";
-const EARLIER_ATTEMPTS: &str =
-    "SELECT count(*) FROM payment.recurring_payments WHERE order_id = $1 AND price_id = $2";
-const INSERT_RECURRING: &str = "\
+    ON CONFLICT (user_key, livemode) DO NOTHING",
+    &[TEXT, TEXT, BOOL],
+);
+static EARLIER_ATTEMPTS: Statement = Statement::new(
+    "SELECT count(*) FROM payment.recurring_payments WHERE order_id = $1 AND price_id = $2",
+    &[INT8, TEXT],
+);
+static INSERT_RECURRING: Statement = Statement::new("\
     INSERT INTO payment.recurring_payments (order_id, price_id, stripe_customer_id, stripe_subscription_id, \
                                             status, cancel_at_period_end, current_period_start, \
                                             current_period_end, client_secret, livemode) \
     VALUES ($1, $2, $3, $4, $5, $6, pg_catalog.to_timestamp($7), pg_catalog.to_timestamp($8), $9, $10) \
-    RETURNING id";
-const LOCK_RECURRING: &str = "\
-    SELECT stripe_subscription_id, status, EXTRACT(epoch FROM updated_at)::text \
-      FROM payment.recurring_payments WHERE id = $1 FOR UPDATE";
-const UPDATE_AFTER_CANCEL: &str = "\
+    RETURNING id",
+    &[INT8, TEXT, TEXT, TEXT, TEXT, BOOL, INT8, INT8, TEXT, BOOL],
+);
+static UPDATE_AFTER_CANCEL: Statement = Statement::new("\
     UPDATE payment.recurring_payments SET status = $2, cancel_at_period_end = $3, \
            canceled_at = COALESCE(pg_catalog.to_timestamp($4), canceled_at), updated_at = pg_catalog.now() \
-     WHERE id = $1";
+     WHERE id = $1",
+    &[INT8, TEXT, BOOL, INT8],
+);
 
 fn status_of(subscription: &Subscription) -> Result<SubscriptionStatus> {
     let status = subscription.status.as_deref().unwrap_or("incomplete");
@@ -78,10 +87,13 @@ fn check_price_fits_order(price: &Price, order: &orders::Order, order_id: i64) -
     }
 }
 
-const LIVE_SUBSCRIPTION: &str = "\
+static LIVE_SUBSCRIPTION: Statement = Statement::new(
+    "\
     SELECT id, status, price_id FROM payment.recurring_payments \
      WHERE order_id = $1 AND status NOT IN ('canceled', 'incomplete_expired') \
-     ORDER BY id DESC LIMIT 1";
+     ORDER BY id DESC LIMIT 1",
+    &[INT8],
+);
 
 /// What the order's own rows say before Stripe is called.
 enum Prepared {
@@ -110,7 +122,7 @@ fn start(order_id: i64, price_id: &str) -> Result<i64> {
         // One live subscription per order (DESIGN.md): a second call while the first is
         // incomplete (the customer has not paid yet) gets it back.
         // `update`, not `select`: a fresh snapshot, taken after the order lock was granted.
-        let stmt = store::plan(client, LIVE_SUBSCRIPTION, &[INT8])?;
+        let stmt = store::plan(client, &LIVE_SUBSCRIPTION)?;
         let mut rows = client.update(stmt, Some(1), &[order_id.into()])?;
         if let Some(row) = rows.next() {
             let id: i64 = store::required(row.get(1)?, "recurring_payments.id")?;
@@ -142,13 +154,13 @@ fn start(order_id: i64, price_id: &str) -> Result<i64> {
                 "order {order_id} has no user: subscriptions need a customer"
             ))
         })?;
-        let stmt = store::plan(client, CUSTOMER_OF_USER, &[TEXT, BOOL])?;
+        let stmt = store::plan(client, &CUSTOMER_OF_USER)?;
         let customer = first_value::<String>(client.update(
             stmt,
             Some(1),
             &[user.as_str().into(), keys.livemode.into()],
         )?)?;
-        let stmt = store::plan(client, EARLIER_ATTEMPTS, &[INT8, TEXT])?;
+        let stmt = store::plan(client, &EARLIER_ATTEMPTS)?;
         let attempt = first_value::<i64>(client.update(
             stmt,
             Some(1),
@@ -187,7 +199,7 @@ fn start(order_id: i64, price_id: &str) -> Result<i64> {
                 client.create_customer(None, &meta, &key, hooks)
             })?;
             Spi::connect_mut(|client| -> Result<()> {
-                let stmt = store::plan(client, SAVE_CUSTOMER, &[TEXT, TEXT, BOOL])?;
+                let stmt = store::plan(client, &SAVE_CUSTOMER)?;
                 client.update(
                     stmt,
                     None,
@@ -227,11 +239,7 @@ fn start(order_id: i64, price_id: &str) -> Result<i64> {
     let (start, end) = subscription.current_period();
     while_writing(Writer::default(), || {
         Spi::connect_mut(|client| -> Result<i64> {
-            let stmt = store::plan(
-                client,
-                INSERT_RECURRING,
-                &[INT8, TEXT, TEXT, TEXT, TEXT, BOOL, INT8, INT8, TEXT, BOOL],
-            )?;
+            let stmt = store::plan(client, &INSERT_RECURRING)?;
             first_value::<i64>(client.update(
                 stmt,
                 Some(1),
@@ -248,30 +256,25 @@ fn start(order_id: i64, price_id: &str) -> Result<i64> {
                     keys.livemode.into(),
                 ],
             )?)?
-            .ok_or_else(|| PaymentError::invalid("the recurring payment row was not created"))
+            .ok_or_else(|| {
+                PaymentError::Internal("the recurring payment row was not created".into())
+            })
         })
     })
 }
 
 fn cancel(recurring_payment_id: i64, at_period_end: bool) -> Result<i64> {
     let installation = store::installation_id()?;
-    let (subscription_id, status, version) =
-        Spi::connect_mut(|client| -> Result<(Option<String>, String, String)> {
-            let stmt = store::plan(client, LOCK_RECURRING, &[INT8])?;
-            let mut rows = client.update(stmt, Some(1), &[recurring_payment_id.into()])?;
-            let row = rows.next().ok_or_else(|| {
-                PaymentError::NotFound(format!(
-                    "recurring payment {recurring_payment_id} does not exist"
-                ))
-            })?;
-            Ok((
-                row.get(1)?,
-                store::required(row.get(2)?, "recurring_payments.status")?,
-                row.get(3)?.unwrap_or_default(),
+    let locked = Spi::connect_mut(|client| recurring::lock(client, recurring_payment_id))?
+        .ok_or_else(|| {
+            PaymentError::NotFound(format!(
+                "recurring payment {recurring_payment_id} does not exist"
             ))
         })?;
+    let (subscription_id, status, version) =
+        (locked.stripe_subscription_id, locked.status, locked.version);
     // Canceling twice is harmless: the row already says so.
-    if SubscriptionStatus::parse(&status).is_some_and(SubscriptionStatus::is_final) {
+    if status.is_final() {
         return Ok(recurring_payment_id);
     }
     let subscription_id = subscription_id.ok_or_else(|| {
@@ -299,7 +302,7 @@ fn cancel(recurring_payment_id: i64, at_period_end: bool) -> Result<i64> {
     let new_status = status_of(&subscription)?;
     while_writing(Writer::default(), || {
         Spi::connect_mut(|client| -> Result<()> {
-            let stmt = store::plan(client, UPDATE_AFTER_CANCEL, &[INT8, TEXT, BOOL, INT8])?;
+            let stmt = store::plan(client, &UPDATE_AFTER_CANCEL)?;
             client.update(
                 stmt,
                 None,

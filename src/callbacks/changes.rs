@@ -3,6 +3,7 @@
 //! Bookkeeping (updated_at, last_event_at...) is never a change.
 
 use crate::error::{PaymentError, Result};
+use crate::store::Statement;
 use crate::store::{self};
 use pgrx::datum::{FromDatum, IntoDatum, TimestampWithTimeZone, UnboxDatum};
 use pgrx::prelude::*;
@@ -68,7 +69,10 @@ where
         .map_err(|e| PaymentError::Internal(format!("{column}: {e}")))
 }
 
-const TIMESTAMP_JSON: &str = "SELECT pg_catalog.to_jsonb($1::timestamptz)";
+static TIMESTAMP_JSON: Statement = Statement::new(
+    "SELECT pg_catalog.to_jsonb($1::timestamptz)",
+    &[store::TIMESTAMPTZ],
+);
 
 /// A timestamp as `row` (to_jsonb) shows it, so `previous` and `row` agree.
 fn timestamp_json(value: Option<TimestampWithTimeZone>) -> Result<Value> {
@@ -76,7 +80,7 @@ fn timestamp_json(value: Option<TimestampWithTimeZone>) -> Result<Value> {
         return Ok(Value::Null);
     };
     Spi::connect(|client| -> Result<Value> {
-        let stmt = store::plan(client, TIMESTAMP_JSON, &[store::TIMESTAMPTZ])?;
+        let stmt = store::plan(client, &TIMESTAMP_JSON)?;
         let json =
             store::first_value::<pgrx::JsonB>(client.select(stmt, Some(1), &[value.into()])?)?;
         Ok(json.map(|j| j.0).unwrap_or(Value::Null))

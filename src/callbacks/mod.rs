@@ -9,6 +9,7 @@ mod changes;
 use crate::error::{PaymentError, Result};
 use crate::gucs;
 use crate::store::cache::{self, CachedHandler};
+use crate::store::Statement;
 use crate::store::{self, identity, INT8};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB};
@@ -137,7 +138,8 @@ extern "C-unwind" {
     fn Async_Notify(channel: *const std::ffi::c_char, payload: *const std::ffi::c_char);
 }
 
-const NEXT_CHANGE: &str = "SELECT pg_catalog.nextval('payment.change_seq')";
+static NEXT_CHANGE: Statement =
+    Statement::new("SELECT pg_catalog.nextval('payment.change_seq')", &[]);
 
 /// NOTIFY with no amounts, customers or secrets: any role may LISTEN. `seq` numbers the
 /// change, so that Postgres never merges two identical notifications of one transaction,
@@ -150,7 +152,7 @@ fn notify(
     flag: Option<&str>,
 ) -> Result<()> {
     let seq = Spi::connect_mut(|client| -> Result<Option<i64>> {
-        let stmt = store::plan(client, NEXT_CHANGE, &[])?;
+        let stmt = store::plan(client, &NEXT_CHANGE)?;
         store::first_value::<i64>(client.update(stmt, Some(1), &[])?)
     })?;
     let mut payload =
@@ -173,24 +175,30 @@ fn notify(
     Ok(())
 }
 
-const ORDER_OF_PAYMENT: &str = "SELECT order_id FROM payment.payments WHERE id = $1";
+static ORDER_OF_PAYMENT: Statement = Statement::new(
+    "SELECT order_id FROM payment.payments WHERE id = $1",
+    &[INT8],
+);
 
 fn order_of_payment(payment_id: i64) -> Result<Option<i64>> {
     Spi::connect(|client| -> Result<Option<i64>> {
-        let stmt = store::plan(client, ORDER_OF_PAYMENT, &[INT8])?;
+        let stmt = store::plan(client, &ORDER_OF_PAYMENT)?;
         store::first_value::<i64>(client.select(stmt, Some(1), &[payment_id.into()])?)
     })
 }
 
-const ALL_HANDLERS: &str = "\
+static ALL_HANDLERS: Statement = Statement::new(
+    "\
     SELECT c.kind, c.handler::oid, p.proowner, c.handler::text \
       FROM payment.callbacks c \
       LEFT JOIN pg_catalog.pg_proc p ON p.oid = c.handler \
-     ORDER BY c.created_at, c.handler::oid";
+     ORDER BY c.created_at, c.handler::oid",
+    &[],
+);
 
 fn load_handlers() -> Result<Vec<CachedHandler>> {
     Spi::connect(|client| -> Result<Vec<CachedHandler>> {
-        let stmt = store::plan(client, ALL_HANDLERS, &[])?;
+        let stmt = store::plan(client, &ALL_HANDLERS)?;
         let mut handlers = Vec::new();
         for row in client.select(stmt, None, &[])? {
             handlers.push(CachedHandler {
@@ -212,20 +220,27 @@ fn handlers_for(kind: &str) -> Result<Vec<CachedHandler>> {
         .collect())
 }
 
-const ROW_JSON_PAYMENTS: &str =
-    "SELECT pg_catalog.to_jsonb(t) FROM payment.payments t WHERE id = $1";
-const ROW_JSON_REFUNDS: &str = "SELECT pg_catalog.to_jsonb(t) FROM payment.refunds t WHERE id = $1";
-const ROW_JSON_RECURRING: &str =
-    "SELECT pg_catalog.to_jsonb(t) FROM payment.recurring_payments t WHERE id = $1";
+static ROW_JSON_PAYMENTS: Statement = Statement::new(
+    "SELECT pg_catalog.to_jsonb(t) FROM payment.payments t WHERE id = $1",
+    &[INT8],
+);
+static ROW_JSON_REFUNDS: Statement = Statement::new(
+    "SELECT pg_catalog.to_jsonb(t) FROM payment.refunds t WHERE id = $1",
+    &[INT8],
+);
+static ROW_JSON_RECURRING: Statement = Statement::new(
+    "SELECT pg_catalog.to_jsonb(t) FROM payment.recurring_payments t WHERE id = $1",
+    &[INT8],
+);
 
 fn row_json(table: &str, id: i64) -> Result<serde_json::Value> {
-    let sql = match table {
-        "refunds" => ROW_JSON_REFUNDS,
-        "recurring_payments" => ROW_JSON_RECURRING,
-        _ => ROW_JSON_PAYMENTS,
+    let statement = match table {
+        "refunds" => &ROW_JSON_REFUNDS,
+        "recurring_payments" => &ROW_JSON_RECURRING,
+        _ => &ROW_JSON_PAYMENTS,
     };
     Spi::connect(|client| -> Result<serde_json::Value> {
-        let stmt = store::plan(client, sql, &[INT8])?;
+        let stmt = store::plan(client, statement)?;
         let row = store::first_value::<JsonB>(client.select(stmt, Some(1), &[id.into()])?)?;
         Ok(row.map(|j| j.0).unwrap_or(serde_json::Value::Null))
     })

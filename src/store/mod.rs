@@ -12,8 +12,11 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 
 pub mod cache;
+pub mod events;
 pub mod identity;
 pub mod orders;
+pub mod payments;
+pub mod recurring;
 pub mod refunds;
 pub mod schema_version;
 pub mod secrets;
@@ -25,24 +28,37 @@ pub const INT4: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
 pub const BOOL: PgOid = PgOid::BuiltIn(PgBuiltInOids::BOOLOID);
 pub const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
 
+/// One SQL statement of the extension, declared with its parameter types, so the two can
+/// never drift apart. Declared `static`: its address is its identity in the plan cache.
+pub struct Statement {
+    pub sql: &'static str,
+    pub types: &'static [PgOid],
+}
+
+impl Statement {
+    pub const fn new(sql: &'static str, types: &'static [PgOid]) -> Statement {
+        Statement { sql, types }
+    }
+}
+
 thread_local! {
     /// Plans live as long as the backend; Postgres re-plans them itself after DDL.
     static PLANS: RefCell<HashMap<usize, &'static OwnedPreparedStatement>> = RefCell::new(HashMap::new());
 }
 
-/// A statement of the hot path, prepared on first use in this backend and kept.
-/// Keyed by the address of the `'static` SQL text, so each call site costs one hash lookup.
+/// A statement prepared on first use in this backend and kept. Keyed by the `Statement`'s
+/// address, so each call site costs one hash lookup.
 pub fn plan(
     client: &SpiClient<'_>,
-    sql: &'static str,
-    types: &[PgOid],
+    statement: &'static Statement,
 ) -> Result<&'static OwnedPreparedStatement> {
-    let key = sql.as_ptr() as usize;
+    let key = std::ptr::from_ref(statement) as usize;
     if let Some(plan) = PLANS.with(|p| p.borrow().get(&key).copied()) {
         return Ok(plan);
     }
-    let plan: &'static OwnedPreparedStatement =
-        Box::leak(Box::new(client.prepare_mut(sql, types)?.keep()));
+    let plan: &'static OwnedPreparedStatement = Box::leak(Box::new(
+        client.prepare_mut(statement.sql, statement.types)?.keep(),
+    ));
     PLANS.with(|p| p.borrow_mut().insert(key, plan));
     Ok(plan)
 }

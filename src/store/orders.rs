@@ -1,5 +1,6 @@
 //! The application's linked order table.
 
+use super::Statement;
 use crate::error::{PaymentError, Result};
 use crate::store::{first_value, identity};
 use pgrx::pg_sys;
@@ -32,14 +33,14 @@ pub fn link(client: &SpiClient<'_>) -> Result<Option<OrderLink>> {
         return Ok(None);
     };
     Ok(Some(OrderLink {
-        table: row.get(1)?.unwrap_or(pg_sys::Oid::INVALID),
-        table_sql: row.get(2)?.unwrap_or_default(),
-        id_column: row.get(3)?.unwrap_or_default(),
-        amount_column: row.get(4)?.unwrap_or_default(),
-        user_column: row.get(5)?.unwrap_or_default(),
-        status_column: row.get(6)?.unwrap_or_default(),
+        table: super::required(row.get(1)?, "order_link.order_table")?,
+        table_sql: super::required(row.get(2)?, "order_link.order_table")?,
+        id_column: super::required(row.get(3)?, "order_link.id_column")?,
+        amount_column: super::required(row.get(4)?, "order_link.amount_column")?,
+        user_column: super::required(row.get(5)?, "order_link.user_column")?,
+        status_column: super::required(row.get(6)?, "order_link.status_column")?,
         currency_column: row.get(7)?,
-        paid_status: row.get(8)?.unwrap_or_default(),
+        paid_status: super::required(row.get(8)?, "order_link.paid_status")?,
         currency: row.get(9)?,
     }))
 }
@@ -115,9 +116,14 @@ pub fn copy_for_renewal(client: &mut SpiClient<'_>, order_id: i64) -> Result<i64
     })
 }
 
-const INSERT_ORDER_LOCK: &str =
-    "INSERT INTO payment.order_locks (order_id) VALUES ($1) ON CONFLICT DO NOTHING";
-const ORDER_LOCK: &str = "SELECT 1 FROM payment.order_locks WHERE order_id = $1 FOR UPDATE";
+static INSERT_ORDER_LOCK: Statement = Statement::new(
+    "INSERT INTO payment.order_locks (order_id) VALUES ($1) ON CONFLICT DO NOTHING",
+    &[crate::store::INT8],
+);
+static ORDER_LOCK: Statement = Statement::new(
+    "SELECT 1 FROM payment.order_locks WHERE order_id = $1 FOR UPDATE",
+    &[crate::store::INT8],
+);
 
 /// The transaction-long lock that payment actions on one order take: a row lock in a table
 /// only payment_owner may write (an advisory lock could be taken by any role that knows
@@ -126,9 +132,9 @@ const ORDER_LOCK: &str = "SELECT 1 FROM payment.order_locks WHERE order_id = $1 
 /// place an object of ours takes it too: it then waits for the transaction that is creating
 /// the object (Stripe may answer, and send the event, before that transaction commits).
 pub fn take_order_lock(client: &mut SpiClient<'_>, order_id: i64) -> Result<()> {
-    let insert = crate::store::plan(client, INSERT_ORDER_LOCK, &[crate::store::INT8])?;
+    let insert = crate::store::plan(client, &INSERT_ORDER_LOCK)?;
     client.update(insert, None, &[order_id.into()])?;
-    let lock = crate::store::plan(client, ORDER_LOCK, &[crate::store::INT8])?;
+    let lock = crate::store::plan(client, &ORDER_LOCK)?;
     client.update(lock, None, &[order_id.into()])?;
     Ok(())
 }

@@ -4,19 +4,22 @@
 //! canceled), never added to, so the two events Stripe sends for one refund, or an API answer
 //! and its webhook, count the money once.
 
+use super::Statement;
 use crate::error::Result;
 use crate::lifecycle::{
     paid_status, refund_may_move, refunds_newest_first, PaymentStatus, RefundStatus,
 };
-use crate::store::{self, first_value, INT8, TEXT};
+use crate::store::{self, first_value, payments, INT8, TEXT};
 use pgrx::spi::SpiClient;
 
-const REMEMBER_CHARGE: &str = "\
-    INSERT INTO payment.charges (stripe_charge_id, payment_id) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+static REMEMBER_CHARGE: Statement = Statement::new("\
+    INSERT INTO payment.charges (stripe_charge_id, payment_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    &[TEXT, INT8],
+);
 
 /// Remember which payment a charge belongs to, so refunds that name only it can be placed.
 pub fn remember_charge(client: &mut SpiClient<'_>, charge_id: &str, payment_id: i64) -> Result<()> {
-    let stmt = store::plan(client, REMEMBER_CHARGE, &[TEXT, INT8])?;
+    let stmt = store::plan(client, &REMEMBER_CHARGE)?;
     client.update(stmt, None, &[charge_id.into(), payment_id.into()])?;
     Ok(())
 }
@@ -31,25 +34,31 @@ pub struct RefundFacts<'a> {
     pub failure_reason: Option<&'a str>,
 }
 
-const LOCK_PAYMENT: &str = "\
-    SELECT status, amount_received, amount_refunded FROM payment.payments WHERE id = $1 FOR UPDATE";
-const LOCK_REFUND: &str = "\
+static LOCK_REFUND: Statement = Statement::new(
+    "\
     SELECT id, status, EXTRACT(epoch FROM last_event_at)::int8 \
-      FROM payment.refunds WHERE stripe_refund_id = $1 FOR UPDATE";
-const INSERT_REFUND: &str = "\
+      FROM payment.refunds WHERE stripe_refund_id = $1 FOR UPDATE",
+    &[TEXT],
+);
+static INSERT_REFUND: Statement = Statement::new(
+    "\
     INSERT INTO payment.refunds (payment_id, amount, currency, status, reason, stripe_refund_id, \
                                  failure_reason, last_event_at) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, pg_catalog.to_timestamp($8))";
-const MOVE_REFUND: &str = "\
+    VALUES ($1, $2, $3, $4, $5, $6, $7, pg_catalog.to_timestamp($8))",
+    &[INT8, INT8, TEXT, TEXT, TEXT, TEXT, TEXT, INT8],
+);
+static MOVE_REFUND: Statement = Statement::new("\
     UPDATE payment.refunds SET status = $2, failure_reason = COALESCE($3, failure_reason), \
            last_event_at = GREATEST(last_event_at, pg_catalog.to_timestamp($4)), updated_at = pg_catalog.now() \
-     WHERE id = $1";
-const LIVE_REFUND_TOTAL: &str = "\
+     WHERE id = $1",
+    &[INT8, TEXT, TEXT, INT8],
+);
+static LIVE_REFUND_TOTAL: Statement = Statement::new(
+    "\
     SELECT COALESCE(sum(amount), 0)::int8 FROM payment.refunds \
-     WHERE payment_id = $1 AND status NOT IN ('failed', 'canceled')";
-const SET_REFUNDED: &str = "\
-    UPDATE payment.payments SET amount_refunded = $2, status = $3, updated_at = pg_catalog.now() WHERE id = $1";
-
+     WHERE payment_id = $1 AND status NOT IN ('failed', 'canceled')",
+    &[INT8],
+);
 /// Record what Stripe says of one refund of `payment_id`, then re-derive the payment's
 /// `amount_refunded` and status from its live refunds. `created` is the event's time, or
 /// None for an API answer (which inserts a refund but never moves one a webhook moved).
@@ -62,21 +71,20 @@ pub fn record(
 ) -> Result<()> {
     // Lock the payment first, always: concurrent events for its refunds then queue here,
     // and the live total below is computed over a stable set.
-    let lock_payment = store::plan(client, LOCK_PAYMENT, &[INT8])?;
-    let payment = client
-        .update(lock_payment, Some(1), &[payment_id.into()])?
-        .first();
-    let payment_status = payment
-        .get::<String>(1)?
-        .and_then(|s| PaymentStatus::parse(&s));
-    let amount_received: i64 = payment.get(2)?.unwrap_or_default();
-    let amount_refunded: i64 = payment.get(3)?.unwrap_or_default();
+    let payment = payments::lock(client, payment_id)?.ok_or_else(|| {
+        crate::error::PaymentError::Internal(format!(
+            "payment {payment_id} of a refund does not exist"
+        ))
+    })?;
+    let payment_status = payment.status;
+    let amount_received = payment.amount_received;
+    let amount_refunded = payment.amount_refunded;
 
     // Before 2019 refunds were synchronous and carried no status: they had succeeded.
     let target = forced
         .or_else(|| refund.status.and_then(RefundStatus::parse))
         .unwrap_or(RefundStatus::Succeeded);
-    let lock_refund = store::plan(client, LOCK_REFUND, &[TEXT])?;
+    let lock_refund = store::plan(client, &LOCK_REFUND)?;
     let mut existing = client.update(lock_refund, Some(1), &[refund.id.into()])?;
     if let Some(row) = existing.next() {
         let Some(created) = created else {
@@ -88,12 +96,13 @@ pub fn record(
                 amount_refunded,
             );
         };
-        let id: i64 = row.get(1)?.unwrap_or_default();
-        let current = row.get::<String>(2)?.and_then(|s| RefundStatus::parse(&s));
+        let id: i64 = store::required(row.get(1)?, "refunds.id")?;
+        let current =
+            RefundStatus::parse(&store::required(row.get::<String>(2)?, "refunds.status")?);
         let last: Option<i64> = row.get(3)?;
         if let Some(current) = current {
             if refund_may_move(current, last, target, created) {
-                let update = store::plan(client, MOVE_REFUND, &[INT8, TEXT, TEXT, INT8])?;
+                let update = store::plan(client, &MOVE_REFUND)?;
                 client.update(
                     update,
                     None,
@@ -107,11 +116,7 @@ pub fn record(
             }
         }
     } else {
-        let insert = store::plan(
-            client,
-            INSERT_REFUND,
-            &[INT8, INT8, TEXT, TEXT, TEXT, TEXT, TEXT, INT8],
-        )?;
+        let insert = store::plan(client, &INSERT_REFUND)?;
         client.update(
             insert,
             None,
@@ -138,15 +143,21 @@ pub fn record(
 
 /// The subscription payment rows that share this row's PaymentIntent (one PaymentIntent that
 /// paid several invoices), newest first, locked in that order; empty for any other payment.
-const ROWS_SHARING_INTENT: &str = "\
+static ROWS_SHARING_INTENT: Statement = Statement::new(
+    "\
     SELECT p.id, p.status, p.amount_received, p.amount_refunded FROM payment.payments p \
      WHERE p.recurring_payment_id IS NOT NULL \
        AND p.stripe_payment_intent_id = (SELECT s.stripe_payment_intent_id FROM payment.payments s \
                                           WHERE s.id = $1 AND s.recurring_payment_id IS NOT NULL) \
-     ORDER BY p.id DESC FOR UPDATE";
-const LIVE_REFUND_TOTAL_OF_ROWS: &str = "\
+     ORDER BY p.id DESC FOR UPDATE",
+    &[INT8],
+);
+static LIVE_REFUND_TOTAL_OF_ROWS: Statement = Statement::new(
+    "\
     SELECT COALESCE(sum(amount), 0)::int8 FROM payment.refunds \
-     WHERE payment_id = ANY($1) AND status NOT IN ('failed', 'canceled')";
+     WHERE payment_id = ANY($1) AND status NOT IN ('failed', 'canceled')",
+    &[pgrx::PgOid::BuiltIn(pgrx::PgBuiltInOids::INT8ARRAYOID)],
+);
 
 struct SharingRow {
     id: i64,
@@ -164,7 +175,7 @@ fn refresh_amount_refunded(
     amount_received: i64,
     amount_refunded: i64,
 ) -> Result<()> {
-    let sharing_stmt = store::plan(client, ROWS_SHARING_INTENT, &[INT8])?;
+    let sharing_stmt = store::plan(client, &ROWS_SHARING_INTENT)?;
     let mut sharing = Vec::new();
     for row in client.update(sharing_stmt, None, &[payment_id.into()])? {
         sharing.push(SharingRow {
@@ -177,7 +188,7 @@ fn refresh_amount_refunded(
     if sharing.len() > 1 {
         return refresh_rows_sharing_intent(client, &sharing);
     }
-    let total_stmt = store::plan(client, LIVE_REFUND_TOTAL, &[INT8])?;
+    let total_stmt = store::plan(client, &LIVE_REFUND_TOTAL)?;
     let total: i64 =
         first_value::<i64>(client.update(total_stmt, Some(1), &[payment_id.into()])?)?.unwrap_or(0);
     let Some(status) = payment_status else {
@@ -189,23 +200,14 @@ fn refresh_amount_refunded(
         status
     };
     if total != amount_refunded || new_status != status {
-        let set = store::plan(client, SET_REFUNDED, &[INT8, INT8, TEXT])?;
-        client.update(
-            set,
-            None,
-            &[payment_id.into(), total.into(), new_status.as_str().into()],
-        )?;
+        payments::set_refunded(client, payment_id, total, new_status)?;
     }
     Ok(())
 }
 
 fn refresh_rows_sharing_intent(client: &mut SpiClient<'_>, rows: &[SharingRow]) -> Result<()> {
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    let total_stmt = store::plan(
-        client,
-        LIVE_REFUND_TOTAL_OF_ROWS,
-        &[pgrx::PgOid::BuiltIn(pgrx::PgBuiltInOids::INT8ARRAYOID)],
-    )?;
+    let total_stmt = store::plan(client, &LIVE_REFUND_TOTAL_OF_ROWS)?;
     let total: i64 =
         first_value::<i64>(client.update(total_stmt, Some(1), &[ids.into()])?)?.unwrap_or(0);
     let received: Vec<i64> = rows.iter().map(|r| r.received).collect();
@@ -217,13 +219,48 @@ fn refresh_rows_sharing_intent(client: &mut SpiClient<'_>, rows: &[SharingRow]) 
             status
         };
         if share != row.refunded || new_status != status {
-            let set = store::plan(client, SET_REFUNDED, &[INT8, INT8, TEXT])?;
-            client.update(
-                set,
-                None,
-                &[row.id.into(), share.into(), new_status.as_str().into()],
-            )?;
+            payments::set_refunded(client, row.id, share, new_status)?;
         }
     }
     Ok(())
+}
+
+/// Attempts are refunds that refund_payment asked for and committed: a refund recorded only
+/// by its webhook (the dashboard's, or one whose call rolled back) is not an attempt, so the
+/// call that rolled back replays to it instead of refunding a second time.
+static ATTEMPTS: Statement = Statement::new(
+    "\
+    SELECT count(*) FROM payment.refunds \
+     WHERE payment_id = $1 AND amount = $2 AND idempotency_key IS NOT NULL",
+    &[INT8, INT8],
+);
+static MARK_ATTEMPT: Statement = Statement::new(
+    "\
+    UPDATE payment.refunds SET idempotency_key = $2, updated_at = pg_catalog.now() \
+     WHERE stripe_refund_id = $1 AND idempotency_key IS NULL",
+    &[TEXT, TEXT],
+);
+static ID_OF: Statement = Statement::new(
+    "SELECT id FROM payment.refunds WHERE stripe_refund_id = $1",
+    &[TEXT],
+);
+
+/// How many refunds of this amount refund_payment has made of the payment.
+pub fn attempts(client: &mut SpiClient<'_>, payment_id: i64, amount: i64) -> Result<i64> {
+    let stmt = store::plan(client, &ATTEMPTS)?;
+    let n =
+        first_value::<i64>(client.update(stmt, Some(1), &[payment_id.into(), amount.into()])?)?;
+    Ok(n.unwrap_or(0))
+}
+
+/// Mark a refund as refund_payment's attempt, made with `key`.
+pub fn mark_attempt(client: &mut SpiClient<'_>, stripe_refund_id: &str, key: &str) -> Result<()> {
+    let stmt = store::plan(client, &MARK_ATTEMPT)?;
+    client.update(stmt, None, &[stripe_refund_id.into(), key.into()])?;
+    Ok(())
+}
+
+pub fn id_of(client: &mut SpiClient<'_>, stripe_refund_id: &str) -> Result<Option<i64>> {
+    let stmt = store::plan(client, &ID_OF)?;
+    first_value::<i64>(client.update(stmt, Some(1), &[stripe_refund_id.into()])?)
 }

@@ -2,19 +2,23 @@
 //!
 //! Only `payment_owner` can read it; nothing here ever formats a secret into a message.
 
+use super::Statement;
 use crate::error::{PaymentError, Result};
 use crate::store::{self, cache, plan};
 use pgrx::prelude::*;
 
 /// The webhook secrets of the configured secret key's mode (every secret carries the mode
 /// of the key it was configured with), and that mode.
-const SELECT_WEBHOOK_SECRETS: &str = "\
+static SELECT_WEBHOOK_SECRETS: Statement = Statement::new(
+    "\
     WITH key AS (SELECT livemode FROM payment.secrets WHERE kind = 'secret_key' \
                   ORDER BY created_at DESC LIMIT 1) \
     SELECT s.value, s.livemode FROM payment.secrets s \
      WHERE s.kind = 'webhook_secret' AND s.livemode IS NOT DISTINCT FROM \
            COALESCE((SELECT livemode FROM key), s.livemode) \
-     ORDER BY s.created_at DESC";
+     ORDER BY s.created_at DESC",
+    &[],
+);
 
 /// The secrets that verify a webhook, and the mode (live or test) of the events they may
 /// verify.
@@ -31,7 +35,7 @@ pub fn webhook_secrets() -> Result<WebhookSecrets> {
 
 fn load_webhook_secrets() -> Result<WebhookSecrets> {
     Spi::connect(|client| -> Result<WebhookSecrets> {
-        let stmt = plan(client, SELECT_WEBHOOK_SECRETS, &[])?;
+        let stmt = plan(client, &SELECT_WEBHOOK_SECRETS)?;
         let mut out = WebhookSecrets {
             secrets: Vec::with_capacity(2),
             livemode: false,

@@ -1,6 +1,7 @@
 //! `payment.sync_state`: where the last `sync_events` call stopped in Stripe's event list.
 //! One row at most; read by nobody but the extension.
 
+use super::Statement;
 use super::{INT8, TEXT};
 use crate::error::Result;
 use pgrx::prelude::*;
@@ -19,12 +20,14 @@ const READ: &str = "\
       FROM payment.sync_state FOR UPDATE";
 const LOCK_TABLE: &str = "LOCK TABLE payment.sync_state IN SHARE ROW EXCLUSIVE MODE";
 // Forward only: a call that started further back (`since`) never moves the cursor back.
-const SAVE: &str = "\
+static SAVE: Statement = Statement::new("\
     INSERT INTO payment.sync_state (cursor_created, cursor_event_id) VALUES (pg_catalog.to_timestamp($1), $2) \
     ON CONFLICT (singleton) DO UPDATE \
        SET cursor_created = EXCLUDED.cursor_created, cursor_event_id = EXCLUDED.cursor_event_id, \
            updated_at = pg_catalog.now() \
-     WHERE payment.sync_state.cursor_created <= EXCLUDED.cursor_created";
+     WHERE payment.sync_state.cursor_created <= EXCLUDED.cursor_created",
+    &[INT8, TEXT],
+);
 
 /// The kept cursor, taking the lock that serialises sync calls (held to the end of the
 /// transaction).
@@ -46,7 +49,7 @@ pub fn lock_and_read() -> Result<Option<Cursor>> {
 /// Keep `cursor` unless the kept one is further on.
 pub fn save(cursor: &Cursor) -> Result<()> {
     Spi::connect_mut(|client| -> Result<()> {
-        let stmt = super::plan(client, SAVE, &[INT8, TEXT])?;
+        let stmt = super::plan(client, &SAVE)?;
         client.update(
             stmt,
             None,

@@ -14,10 +14,9 @@ mod apply;
 use crate::callbacks::{while_writing, Writer};
 use crate::error::{PaymentError, Result};
 use crate::gucs;
-use crate::store::{self, BOOL, INT8, TEXT};
+use crate::store::{self, events::Recorded};
 use event::{Envelope, EventKind};
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 use serde_json::{json, Value};
 
 /// What applying an event may need to read from Stripe. The SQL layer provides it (with the
@@ -125,17 +124,8 @@ pub fn process(
     Ok(outcome.to_json(&envelope.id, &envelope.event_type))
 }
 
-const INSERT_EVENT: &str = "\
-    INSERT INTO payment.events (id, type, livemode, api_version, created, payload, outcome, processed_at) \
-    VALUES ($1, $2, $3, $4, pg_catalog.to_timestamp($5), $6::jsonb, $7::payment.event_outcome, pg_catalog.now()) \
-    ON CONFLICT (id) DO NOTHING RETURNING 1";
-const LOCK_EVENT: &str = "SELECT outcome::text FROM payment.events WHERE id = $1 FOR UPDATE";
-const RECORD_OUTCOME: &str = "\
-    UPDATE payment.events SET outcome = $2::payment.event_outcome, error = $3, processed_at = pg_catalog.clock_timestamp() \
-    WHERE id = $1";
-
-/// De-duplicate by event id, then apply. INSERT ... ON CONFLICT comes first: it takes an xid
-/// and waits for a racing delivery's insert, so the row lock that follows sees its outcome.
+/// De-duplicate by event id (store::events::record_first waits for a racing delivery and
+/// sees its outcome), then apply.
 fn record_and_apply(
     envelope: &Envelope<'_>,
     kind: EventKind,
@@ -147,35 +137,21 @@ fn record_and_apply(
     } else {
         "applied"
     };
-    let first_delivery = Spi::connect_mut(|client| -> Result<Option<String>> {
-        let insert = store::plan(
-            client,
-            INSERT_EVENT,
-            &[TEXT, TEXT, BOOL, TEXT, INT8, TEXT, TEXT],
-        )?;
-        let inserted = client.update(
-            insert,
-            None,
-            &[
-                envelope.id.as_ref().into(),
-                envelope.event_type.as_ref().into(),
-                envelope.livemode.into(),
-                envelope.api_version.as_deref().into(),
-                envelope.created.into(),
-                payload.into(),
-                initial.into(),
-            ],
-        )?;
-        if !inserted.is_empty() {
-            return Ok(None);
-        }
-        let lock = store::plan(client, LOCK_EVENT, &[TEXT])?;
-        store::first_value::<String>(client.update(
-            lock,
-            Some(1),
-            &[envelope.id.as_ref().into()],
-        )?)
-    })?;
+    let recorded = store::events::record_first(
+        &store::events::NewEvent {
+            id: &envelope.id,
+            event_type: &envelope.event_type,
+            livemode: envelope.livemode,
+            api_version: envelope.api_version.as_deref(),
+            created: envelope.created,
+            payload,
+        },
+        initial,
+    )?;
+    let first_delivery = match recorded {
+        Recorded::First => None,
+        Recorded::Before(outcome) => Some(outcome),
+    };
 
     match first_delivery.as_deref() {
         None if kind == EventKind::Unhandled => return Ok(Outcome::Ignored),
@@ -193,17 +169,9 @@ fn record_and_apply(
         (Outcome::Duplicate, _) => None,
     };
     if let Some((outcome_text, error)) = record {
-        record_outcome(&envelope.id, outcome_text, error)?;
+        store::events::record_outcome(&envelope.id, outcome_text, error)?;
     }
     Ok(outcome)
-}
-
-fn record_outcome(event_id: &str, outcome: &str, error: Option<&str>) -> Result<()> {
-    Spi::connect_mut(|client| -> Result<()> {
-        let stmt = store::plan(client, RECORD_OUTCOME, &[TEXT, TEXT, TEXT])?;
-        client.update(stmt, None, &[event_id.into(), outcome.into(), error.into()])?;
-        Ok(())
-    })
 }
 
 /// Apply in a subtransaction with the triggers told which event is writing.
@@ -269,22 +237,9 @@ pub fn relink_invoice_payment(
 /// one transaction stays small; call it again while it returns rows.
 pub const RETRY_BATCH: i64 = 500;
 
-const FAILED_EVENTS: &str = "\
-    SELECT id, payload::text FROM payment.events WHERE outcome = 'failed' \
-    ORDER BY created, received_at LIMIT $1 FOR UPDATE SKIP LOCKED";
-
 pub fn retry_failed(stripe: &dyn StripeReads) -> Result<Vec<Value>> {
     require_read_committed("retry_failed_events")?;
-    let failed = Spi::connect_mut(|client| -> Result<Vec<(String, String)>> {
-        let stmt = store::plan(client, FAILED_EVENTS, &[INT8])?;
-        let mut out = Vec::new();
-        for row in client.update(stmt, None, &[RETRY_BATCH.into()])? {
-            if let (Some(id), Some(payload)) = (row.get::<String>(1)?, row.get::<String>(2)?) {
-                out.push((id, payload));
-            }
-        }
-        Ok(out)
-    })?;
+    let failed = store::events::lock_failed(RETRY_BATCH)?;
     let mut results = Vec::with_capacity(failed.len());
     for (id, payload) in failed {
         let envelope = match event::parse_envelope(&payload) {
@@ -305,7 +260,7 @@ pub fn retry_failed(stripe: &dyn StripeReads) -> Result<Vec<Value>> {
             Outcome::Ignored => ("ignored", None),
             _ => ("applied", None),
         };
-        record_outcome(&id, text, error)?;
+        store::events::record_outcome(&id, text, error)?;
         results.push(outcome.to_json(&id, &envelope.event_type));
     }
     Ok(results)

@@ -7,7 +7,7 @@ import psycopg
 import pytest
 
 import stripe_events as ev
-from e2e_helpers import ADMIN, OWNER
+from e2e_helpers import ADMIN, OWNER, point_at
 
 CALLBACK_KEYS = {"kind", "event_id", "event_type", "table", "id", "order_id", "status",
                  "previous_status", "row"}
@@ -167,6 +167,25 @@ def test_dropped_handler_fails_the_event_with_a_clear_error(shop):
     assert re.search(r"callback|handler", res.get("error") or "", re.I), res
     assert shop.event_row(evt["id"])["outcome"] == "failed"
     assert shop.payment_row(p.id)["status"] == "pending"
+
+
+def test_an_error_in_the_status_trigger_reaches_the_caller_with_its_sqlstate_and_message(shop, fake):
+    """The trigger raises through the one error path: the caller sees pg_payment's message
+    and SQLSTATE (P0002: the handler is gone), not a wrapped panic with XX000; a failed event
+    records the same text."""
+    shop.add_logging_callback("payment")
+    paid_later = shop.payment()
+    oid = shop.value("SELECT oid::int FROM pg_proc WHERE proname = 'log_payment'")
+    shop.owner_conn().execute("DROP FUNCTION app.log_payment(jsonb)")
+    message = f"pg_payment: the payment callback handler with oid {oid} no longer exists"
+    point_at(shop, fake.url)
+    with pytest.raises(psycopg.Error) as info:  # the new payment's row fires the trigger
+        shop.conn.execute("SELECT payment.create_payment(%s, 'usd', 1000)", (shop.order(),))
+    assert (info.value.sqlstate, info.value.diag.message_primary) == ("P0002", message)
+    assert "panic" not in str(info.value).lower()
+    res = shop.deliver(ev.pi_event("payment_intent.succeeded", paid_later.pi))
+    assert res["outcome"] == "failed" and res["error"].startswith(message), res
+    assert "panic" not in res["error"].lower()
 
 
 def test_callbacks_are_listed_in_the_callbacks_table(shop):

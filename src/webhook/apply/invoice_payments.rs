@@ -8,13 +8,14 @@
 use super::{object, required};
 use crate::error::{PaymentError, Result};
 use crate::objects::{InvoicePayment, List};
-use crate::store::{self, refunds, INT8, TEXT};
+use crate::store::Statement;
+use crate::store::{self, payments, refunds, INT8, TEXT};
 use crate::webhook::event::Envelope;
 use crate::webhook::{Outcome, StripeReads};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-const UPSERT: &str = "\
+static UPSERT: Statement = Statement::new("\
     INSERT INTO payment.invoice_payments (stripe_invoice_payment_id, stripe_invoice_id, stripe_payment_intent_id, \
                                           stripe_charge_id, amount_paid, currency, status, payment_type) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -22,13 +23,12 @@ const UPSERT: &str = "\
        SET stripe_payment_intent_id = COALESCE(EXCLUDED.stripe_payment_intent_id, invoice_payments.stripe_payment_intent_id), \
            stripe_charge_id = COALESCE(EXCLUDED.stripe_charge_id, invoice_payments.stripe_charge_id), \
            amount_paid = COALESCE(EXCLUDED.amount_paid, invoice_payments.amount_paid), \
-           status = EXCLUDED.status, payment_type = EXCLUDED.payment_type, updated_at = pg_catalog.now()";
-
-/// The payment row of an invoice, if the invoice event has made it.
-const PAYMENT_OF_INVOICE: &str = "SELECT id FROM payment.payments WHERE stripe_invoice_id = $1";
+           status = EXCLUDED.status, payment_type = EXCLUDED.payment_type, updated_at = pg_catalog.now()",
+    &[TEXT, TEXT, TEXT, TEXT, INT8, TEXT, TEXT, TEXT],
+);
 
 /// Link the invoice's paid Stripe-money payments to its payment row (newest first).
-const LINK: &str = "\
+static LINK: Statement = Statement::new("\
     WITH paid AS ( \
         SELECT stripe_payment_intent_id, stripe_charge_id FROM payment.invoice_payments \
          WHERE stripe_invoice_id = $2 AND status = 'paid' AND payment_type IN ('payment_intent', 'charge') \
@@ -40,16 +40,20 @@ const LINK: &str = "\
        SET stripe_payment_intent_id = COALESCE(p.stripe_payment_intent_id, paid.stripe_payment_intent_id), \
            stripe_charge_id = COALESCE(p.stripe_charge_id, paid.stripe_charge_id), updated_at = pg_catalog.now() \
       FROM paid WHERE p.id = $1 \
-    RETURNING p.stripe_charge_id";
+    RETURNING p.stripe_charge_id",
+    &[INT8, TEXT],
+);
 
 /// What the stored payments of an invoice say: paid with Stripe money, paid by a record of
 /// money paid elsewhere, and the newest PaymentIntent that paid it.
-const SOURCES: &str = "\
+static SOURCES: Statement = Statement::new("\
     SELECT COALESCE(pg_catalog.bool_or(status = 'paid' AND payment_type = 'payment_record'), false), \
            COALESCE(pg_catalog.bool_or(status = 'paid' AND payment_type IN ('payment_intent', 'charge')), false), \
            (pg_catalog.array_agg(stripe_payment_intent_id ORDER BY id DESC) \
               FILTER (WHERE status = 'paid' AND payment_type IN ('payment_intent', 'charge')))[1] \
-      FROM payment.invoice_payments WHERE stripe_invoice_id = $1";
+      FROM payment.invoice_payments WHERE stripe_invoice_id = $1",
+    &[TEXT],
+);
 
 /// Recorded only for an invoice this database has a payment of: an invoice it does not know
 /// (yet) is another installation's, or its invoice event has not arrived, and that event
@@ -57,10 +61,7 @@ const SOURCES: &str = "\
 pub fn apply_invoice_payment_paid(envelope: &Envelope<'_>) -> Result<Outcome> {
     let paid: InvoicePayment = object(envelope)?;
     Spi::connect_mut(|client| {
-        let stmt = store::plan(client, PAYMENT_OF_INVOICE, &[TEXT])?;
-        let known = !client
-            .update(stmt, Some(1), &[paid.invoice.id().into()])?
-            .is_empty();
+        let known = payments::by_invoice(client, paid.invoice.id())?.is_some();
         if !known {
             return Ok(Outcome::Ignored);
         }
@@ -72,11 +73,7 @@ pub fn apply_invoice_payment_paid(envelope: &Envelope<'_>) -> Result<Outcome> {
 /// Store one InvoicePayment and, if its invoice has a payment row, link the two.
 pub fn record(client: &mut SpiClient<'_>, paid: &InvoicePayment) -> Result<()> {
     let invoice = paid.invoice.id();
-    let stmt = store::plan(
-        client,
-        UPSERT,
-        &[TEXT, TEXT, TEXT, TEXT, INT8, TEXT, TEXT, TEXT],
-    )?;
+    let stmt = store::plan(client, &UPSERT)?;
     client.update(
         stmt,
         None,
@@ -104,10 +101,7 @@ pub fn record(client: &mut SpiClient<'_>, paid: &InvoicePayment) -> Result<()> {
             paid.payment.payment_type.as_str().into(),
         ],
     )?;
-    let stmt = store::plan(client, PAYMENT_OF_INVOICE, &[TEXT])?;
-    if let Some(payment_id) =
-        store::first_value::<i64>(client.update(stmt, Some(1), &[invoice.into()])?)?
-    {
+    if let Some(payment_id) = payments::by_invoice(client, invoice)? {
         link(client, payment_id, invoice)?;
     }
     Ok(())
@@ -116,7 +110,7 @@ pub fn record(client: &mut SpiClient<'_>, paid: &InvoicePayment) -> Result<()> {
 /// Point the invoice's payment row at what paid it; the charge is remembered so that its
 /// refunds find the payment.
 pub fn link(client: &mut SpiClient<'_>, payment_id: i64, invoice: &str) -> Result<()> {
-    let stmt = store::plan(client, LINK, &[INT8, TEXT])?;
+    let stmt = store::plan(client, &LINK)?;
     let charge = store::first_value::<String>(client.update(
         stmt,
         Some(1),
@@ -178,7 +172,7 @@ pub fn paid_with(
 }
 
 fn sources(client: &mut SpiClient<'_>, invoice: &str) -> Result<(bool, bool, Option<String>)> {
-    let stmt = store::plan(client, SOURCES, &[TEXT])?;
+    let stmt = store::plan(client, &SOURCES)?;
     let mut rows = client.update(stmt, Some(1), &[invoice.into()])?;
     let Some(row) = rows.next() else {
         return Ok((false, false, None));

@@ -7,22 +7,21 @@ use crate::error::{PaymentError, Result};
 use crate::lifecycle::RefundStatus;
 use crate::objects::{Charge, List, Refund};
 use crate::store::refunds::{self, RefundFacts};
-use crate::store::{self, INT8, TEXT};
+use crate::store::Statement;
+use crate::store::{self, payments, TEXT};
 use crate::webhook::event::Envelope;
 use crate::webhook::{Outcome, StripeReads};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-const PAYMENT_OF_REFUND: &str =
-    "SELECT payment_id FROM payment.refunds WHERE stripe_refund_id = $1";
-/// A PaymentIntent that paid several invoices is named by each of their payment rows: its
-/// refunds count against the newest.
-const PAYMENT_BY_INTENT: &str =
-    "SELECT id FROM payment.payments WHERE stripe_payment_intent_id = $1 ORDER BY id DESC LIMIT 1";
-const PAYMENT_BY_CHARGE: &str =
-    "SELECT payment_id FROM payment.charges WHERE stripe_charge_id = $1";
-const SET_CHARGE: &str = "\
-    UPDATE payment.payments SET stripe_charge_id = $2 WHERE id = $1 AND stripe_charge_id IS NULL";
+static PAYMENT_OF_REFUND: Statement = Statement::new(
+    "SELECT payment_id FROM payment.refunds WHERE stripe_refund_id = $1",
+    &[TEXT],
+);
+static PAYMENT_BY_CHARGE: Statement = Statement::new(
+    "SELECT payment_id FROM payment.charges WHERE stripe_charge_id = $1",
+    &[TEXT],
+);
 
 pub fn apply_refund_event(envelope: &Envelope<'_>) -> Result<Outcome> {
     let refund: Refund = object(envelope)?;
@@ -52,21 +51,16 @@ pub fn apply_charge_refunded(envelope: &Envelope<'_>, stripe: &dyn StripeReads) 
     Spi::connect_mut(|client| {
         let mut payment_id = None;
         if let Some(intent) = &charge.payment_intent {
-            payment_id = lookup(client, PAYMENT_BY_INTENT, intent.id())?;
+            payment_id = payments::newest_by_intent(client, intent.id())?;
         }
         if payment_id.is_none() {
-            payment_id = lookup(client, PAYMENT_BY_CHARGE, &charge.id)?;
+            payment_id = lookup(client, &PAYMENT_BY_CHARGE, &charge.id)?;
         }
         let Some(payment_id) = payment_id else {
             return Ok(Outcome::Ignored);
         };
         refunds::remember_charge(client, &charge.id, payment_id)?;
-        let set_charge = store::plan(client, SET_CHARGE, &[INT8, TEXT])?;
-        client.update(
-            set_charge,
-            None,
-            &[payment_id.into(), charge.id.as_str().into()],
-        )?;
+        payments::set_charge_if_unknown(client, payment_id, &charge.id)?;
         for refund in charge.refunds.iter().flat_map(|l| l.data.iter()) {
             refunds::record(
                 client,
@@ -77,7 +71,7 @@ pub fn apply_charge_refunded(envelope: &Envelope<'_>, stripe: &dyn StripeReads) 
             )?;
         }
         if let Some(refunded) = charge.amount_refunded {
-            if refunded > recorded_refunds(client, payment_id)? {
+            if refunded > payments::amount_refunded(client, payment_id)? {
                 for refund in list_refunds(stripe, &charge.id)? {
                     refunds::record(client, payment_id, &facts(&refund)?, None, None)?;
                 }
@@ -85,16 +79,6 @@ pub fn apply_charge_refunded(envelope: &Envelope<'_>, stripe: &dyn StripeReads) 
         }
         Ok(Outcome::Applied)
     })
-}
-
-const RECORDED_REFUNDS: &str = "SELECT amount_refunded FROM payment.payments WHERE id = $1";
-
-fn recorded_refunds(client: &mut SpiClient<'_>, payment_id: i64) -> Result<i64> {
-    let stmt = store::plan(client, RECORDED_REFUNDS, &[INT8])?;
-    Ok(
-        store::first_value::<i64>(client.update(stmt, Some(1), &[payment_id.into()])?)?
-            .unwrap_or(0),
-    )
 }
 
 /// A charge has at most a few refunds; the bound keeps a misbehaving answer from looping.
@@ -121,22 +105,26 @@ fn list_refunds(stripe: &dyn StripeReads, charge: &str) -> Result<Vec<Refund>> {
 /// charge. A refund made in the dashboard, or one whose transaction rolled back after Stripe
 /// answered, is placed this way and recorded against the right payment.
 fn place_refund(client: &mut SpiClient<'_>, refund: &Refund) -> Result<Option<i64>> {
-    if let Some(id) = lookup(client, PAYMENT_OF_REFUND, &refund.id)? {
+    if let Some(id) = lookup(client, &PAYMENT_OF_REFUND, &refund.id)? {
         return Ok(Some(id));
     }
     if let Some(intent) = refund.payment_intent_id() {
-        if let Some(id) = lookup(client, PAYMENT_BY_INTENT, intent)? {
+        if let Some(id) = payments::newest_by_intent(client, intent)? {
             return Ok(Some(id));
         }
     }
     match refund.charge_id() {
-        Some(charge) => lookup(client, PAYMENT_BY_CHARGE, charge),
+        Some(charge) => lookup(client, &PAYMENT_BY_CHARGE, charge),
         None => Ok(None),
     }
 }
 
-fn lookup(client: &mut SpiClient<'_>, sql: &'static str, key: &str) -> Result<Option<i64>> {
-    let stmt = store::plan(client, sql, &[TEXT])?;
+fn lookup(
+    client: &mut SpiClient<'_>,
+    statement: &'static Statement,
+    key: &str,
+) -> Result<Option<i64>> {
+    let stmt = store::plan(client, statement)?;
     store::first_value::<i64>(client.update(stmt, Some(1), &[key.into()])?)
 }
 

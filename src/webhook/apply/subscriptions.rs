@@ -6,15 +6,13 @@ use super::{object, required, waited_for_creator};
 use crate::error::{PaymentError, Result};
 use crate::lifecycle::{subscription_may_move, SubscriptionStatus};
 use crate::objects::{Invoice, Subscription};
-use crate::store::{self, orders, BOOL, INT8, TEXT};
+use crate::store::Statement;
+use crate::store::{self, orders, payments, recurring, BOOL, INT8, TEXT};
 use crate::webhook::event::Envelope;
 use crate::webhook::{Outcome, StripeReads};
 use pgrx::prelude::*;
 
-const LOCK_RECURRING: &str = "\
-    SELECT id, status, EXTRACT(epoch FROM last_event_at)::int8, order_id, livemode \
-      FROM payment.recurring_payments WHERE stripe_subscription_id = $1 FOR UPDATE";
-const MOVE_RECURRING: &str = "\
+static MOVE_RECURRING: Statement = Statement::new("\
     UPDATE payment.recurring_payments SET status = $2, cancel_at_period_end = $3, \
            current_period_start = COALESCE(pg_catalog.to_timestamp($4), current_period_start), \
            current_period_end = COALESCE(pg_catalog.to_timestamp($5), current_period_end), \
@@ -22,50 +20,21 @@ const MOVE_RECURRING: &str = "\
            stripe_customer_id = COALESCE($7, stripe_customer_id), price_id = COALESCE($8, price_id), \
            last_event_at = GREATEST(last_event_at, pg_catalog.to_timestamp($9)), updated_at = pg_catalog.now(), \
            cancel_at = pg_catalog.to_timestamp($10), trial_end = pg_catalog.to_timestamp($11) \
-     WHERE id = $1";
-const MARK_PAST_DUE: &str = "\
+     WHERE id = $1",
+    &[INT8, TEXT, BOOL, INT8, INT8, INT8, TEXT, TEXT, INT8, INT8, INT8],
+);
+static MARK_PAST_DUE: Statement = Statement::new("\
     UPDATE payment.recurring_payments SET status = 'past_due', \
            last_event_at = GREATEST(last_event_at, pg_catalog.to_timestamp($2)), updated_at = pg_catalog.now() \
-     WHERE id = $1";
-const PAYMENT_OF_INVOICE: &str = "SELECT id FROM payment.payments WHERE stripe_invoice_id = $1";
-const INSERT_RENEWAL_PAYMENT: &str = "\
+     WHERE id = $1",
+    &[INT8, INT8],
+);
+static INSERT_RENEWAL_PAYMENT: Statement = Statement::new("\
     INSERT INTO payment.payments (order_id, recurring_payment_id, amount, currency, status, amount_received, \
                                   stripe_payment_intent_id, stripe_invoice_id, livemode, last_event_at) \
-    VALUES ($1, $2, $3, $4, 'succeeded', $3, $5, $6, $7, pg_catalog.to_timestamp($8))";
-
-struct Recurring {
-    id: i64,
-    status: SubscriptionStatus,
-    last_event_at: Option<i64>,
-    order_id: i64,
-    livemode: bool,
-}
-
-/// A stored status is one the table's CHECK allows: anything else is a broken invariant.
-fn stored_status(status: Option<String>) -> Result<SubscriptionStatus> {
-    let status = store::required(status, "recurring_payments.status")?;
-    SubscriptionStatus::parse(&status).ok_or_else(|| {
-        PaymentError::Internal(format!("recurring_payments.status holds {status:?}"))
-    })
-}
-
-fn lock_recurring(
-    client: &mut pgrx::spi::SpiClient<'_>,
-    subscription_id: &str,
-) -> Result<Option<Recurring>> {
-    let stmt = store::plan(client, LOCK_RECURRING, &[TEXT])?;
-    let mut rows = client.update(stmt, Some(1), &[subscription_id.into()])?;
-    let Some(row) = rows.next() else {
-        return Ok(None);
-    };
-    Ok(Some(Recurring {
-        id: row.get(1)?.unwrap_or_default(),
-        status: stored_status(row.get::<String>(2)?)?,
-        last_event_at: row.get(3)?,
-        order_id: row.get(4)?.unwrap_or_default(),
-        livemode: row.get(5)?.unwrap_or_default(),
-    }))
-}
+    VALUES ($1, $2, $3, $4, 'succeeded', $3, $5, $6, $7, pg_catalog.to_timestamp($8))",
+    &[INT8, INT8, INT8, TEXT, TEXT, TEXT, BOOL, INT8],
+);
 
 pub fn apply_subscription(envelope: &Envelope<'_>) -> Result<Outcome> {
     let subscription: Subscription = object(envelope)?;
@@ -82,9 +51,9 @@ pub fn apply_subscription(envelope: &Envelope<'_>) -> Result<Outcome> {
         )));
     };
     Spi::connect_mut(|client| {
-        let mut recurring = lock_recurring(client, &subscription.id)?;
+        let mut recurring = recurring::lock_by_subscription(client, &subscription.id)?;
         if recurring.is_none() && waited_for_creator(client, &subscription.metadata)? {
-            recurring = lock_recurring(client, &subscription.id)?;
+            recurring = recurring::lock_by_subscription(client, &subscription.id)?;
         }
         let Some(recurring) = recurring else {
             return Ok(Outcome::Ignored);
@@ -98,13 +67,7 @@ pub fn apply_subscription(envelope: &Envelope<'_>) -> Result<Outcome> {
             return Ok(Outcome::Applied);
         }
         let (start, end) = subscription.current_period();
-        let stmt = store::plan(
-            client,
-            MOVE_RECURRING,
-            &[
-                INT8, TEXT, BOOL, INT8, INT8, INT8, TEXT, TEXT, INT8, INT8, INT8,
-            ],
-        )?;
+        let stmt = store::plan(client, &MOVE_RECURRING)?;
         client.update(
             stmt,
             None,
@@ -146,14 +109,10 @@ pub fn apply_invoice_paid(envelope: &Envelope<'_>, stripe: &dyn StripeReads) -> 
         return Ok(Outcome::Ignored);
     };
     Spi::connect_mut(|client| {
-        let Some(recurring) = lock_recurring(client, subscription_id)? else {
+        let Some(recurring) = recurring::lock_by_subscription(client, subscription_id)? else {
             return Ok(Outcome::Ignored);
         };
-        let existing = store::plan(client, PAYMENT_OF_INVOICE, &[TEXT])?;
-        if !client
-            .update(existing, Some(1), &[invoice.id.as_str().into()])?
-            .is_empty()
-        {
+        if payments::by_invoice(client, &invoice.id)?.is_some() {
             return Ok(Outcome::Applied);
         }
         // Before API 2025-03-31 the invoice names its PaymentIntent; from then on its
@@ -176,11 +135,7 @@ pub fn apply_invoice_paid(envelope: &Envelope<'_>, stripe: &dyn StripeReads) -> 
         } else {
             return Ok(Outcome::Applied);
         };
-        let insert = store::plan(
-            client,
-            INSERT_RENEWAL_PAYMENT,
-            &[INT8, INT8, INT8, TEXT, TEXT, TEXT, BOOL, INT8],
-        )?;
+        let insert = store::plan(client, &INSERT_RENEWAL_PAYMENT)?;
         client.update(
             insert,
             None,
@@ -202,12 +157,7 @@ pub fn apply_invoice_paid(envelope: &Envelope<'_>, stripe: &dyn StripeReads) -> 
                 envelope.created.into(),
             ],
         )?;
-        let stmt = store::plan(client, PAYMENT_OF_INVOICE, &[TEXT])?;
-        let payment_id = store::first_value::<i64>(client.update(
-            stmt,
-            Some(1),
-            &[invoice.id.as_str().into()],
-        )?)?;
+        let payment_id = payments::by_invoice(client, &invoice.id)?;
         if let Some(payment_id) = payment_id {
             invoice_payments::link(client, payment_id, &invoice.id)?;
         }
@@ -228,7 +178,7 @@ pub fn apply_invoice_payment_failed(envelope: &Envelope<'_>) -> Result<Outcome> 
         return Ok(Outcome::Ignored);
     };
     Spi::connect_mut(|client| {
-        let Some(recurring) = lock_recurring(client, subscription_id)? else {
+        let Some(recurring) = recurring::lock_by_subscription(client, subscription_id)? else {
             return Ok(Outcome::Ignored);
         };
         let eligible = matches!(
@@ -243,7 +193,7 @@ pub fn apply_invoice_payment_failed(envelope: &Envelope<'_>) -> Result<Outcome> 
                 envelope.created,
             )
         {
-            let stmt = store::plan(client, MARK_PAST_DUE, &[INT8, INT8])?;
+            let stmt = store::plan(client, &MARK_PAST_DUE)?;
             client.update(stmt, None, &[recurring.id.into(), envelope.created.into()])?;
         }
         Ok(Outcome::Applied)
