@@ -6,96 +6,23 @@ use crate::callbacks::{while_writing, Writer};
 use crate::error::{OrRaise, PaymentError, Result};
 use crate::metadata as meta;
 use crate::money;
-use crate::store::Statement;
-use crate::store::{self, first_value, orders, BOOL, INT8, TEXT};
+use crate::store::payments::{self, OrderPayments, PaymentRow, PendingPayment};
+use crate::store::{self, orders};
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
 use pgrx::AnyNumeric;
 use rust_decimal::Decimal;
 use std::str::FromStr;
 
-static EARLIER_ATTEMPTS: Statement = Statement::new(
-    "\
-    SELECT count(*) FROM payment.payments \
-     WHERE order_id = $1 AND amount = $2 AND currency = $3 AND recurring_payment_id IS NULL",
-    &[INT8, INT8, TEXT],
-);
-static INSERT_PAYMENT: Statement = Statement::new(
-    "\
-    INSERT INTO payment.payments (order_id, amount, currency, status, stripe_payment_intent_id, \
-                                  client_secret, livemode) \
-    VALUES ($1, $2, $3, 'pending', $4, $5, $6) RETURNING id",
-    &[INT8, INT8, TEXT, TEXT, TEXT, BOOL],
-);
-
-/// The order's one-time payments that decide what `create_payment` does (DESIGN.md: one
-/// order, one live PaymentIntent): is any of them paid or being paid, and the newest that
-/// can still be paid. A subscription's invoice payments do not count.
-static ORDER_PAYMENTS: Statement = Statement::new("\
-    SELECT pg_catalog.bool_or(status IN ('processing', 'succeeded', 'partially_refunded', 'refunded')), \
-           (pg_catalog.array_agg(id ORDER BY id DESC) \
-              FILTER (WHERE status IN ('pending', 'requires_action', 'failed')))[1] \
-      FROM payment.payments WHERE order_id = $1 AND recurring_payment_id IS NULL",
-    &[INT8],
-);
-static PAYMENT: Statement = Statement::new(
-    "\
-    SELECT order_id, status, amount, currency, stripe_payment_intent_id, recurring_payment_id \
-      FROM payment.payments WHERE id = $1",
-    &[INT8],
-);
-static MARK_CANCELED: Statement = Statement::new(
-    "\
-    UPDATE payment.payments SET status = 'canceled', updated_at = pg_catalog.now() \
-     WHERE id = $1 AND status <> 'canceled'",
-    &[INT8],
-);
-
-/// A payment as the actions on it need it.
-struct PaymentRow {
-    id: i64,
-    order_id: i64,
-    status: String,
-    amount: i64,
-    currency: String,
-    payment_intent: Option<String>,
-    recurring: bool,
-}
-
-/// Read with `update`, not `select`: a read-only SPI query keeps the calling statement's
-/// snapshot, taken before the order lock was granted, and would miss what the transaction
-/// that held the lock just committed.
-fn payment_row(client: &mut SpiClient<'_>, id: i64) -> Result<Option<PaymentRow>> {
-    let stmt = store::plan(client, &PAYMENT)?;
-    let mut rows = client.update(stmt, Some(1), &[id.into()])?;
-    let Some(row) = rows.next() else {
-        return Ok(None);
-    };
-    Ok(Some(PaymentRow {
-        id,
-        order_id: store::required(row.get(1)?, "payments.order_id")?,
-        status: store::required(row.get(2)?, "payments.status")?,
-        amount: store::required(row.get(3)?, "payments.amount")?,
-        currency: store::required(row.get(4)?, "payments.currency")?,
-        payment_intent: row.get(5)?,
-        recurring: row.get::<i64>(6)?.is_some(),
-    }))
-}
-
 /// Cancel the PaymentIntent of an unpaid payment at Stripe, then the row (its callback and
 /// NOTIFY follow). The key is the PaymentIntent's: canceling twice is one cancellation.
 fn cancel_at_stripe(payment: &PaymentRow) -> Result<()> {
-    if let Some(intent) = payment.payment_intent.as_deref() {
+    if let Some(intent) = payment.stripe_payment_intent_id.as_deref() {
         let installation = store::installation_id()?;
         let key = idempotency_key(&installation, "cancel", &[intent], 0);
         stripe_call::call(|client, hooks| client.cancel_payment_intent(intent, &key, hooks))?;
     }
     while_writing(Writer::default(), || {
-        Spi::connect_mut(|client| -> Result<()> {
-            let stmt = store::plan(client, &MARK_CANCELED)?;
-            client.update(stmt, None, &[payment.id.into()])?;
-            Ok(())
-        })
+        Spi::connect_mut(|client| -> Result<()> { payments::mark_canceled(client, payment.id) })
     })
 }
 
@@ -128,14 +55,9 @@ fn create(order_id: i64, currency: &str, amount: i64) -> Result<i64> {
 
     // One order, one live PaymentIntent: a double click or a reloaded checkout page gets
     // the open payment back; a paid order is refused before Stripe is called.
-    // Under the order lock, with a fresh snapshot (see payment_row).
+    // Under the order lock, with a fresh snapshot (see store::payments::read).
     let open = Spi::connect_mut(|client| -> Result<Option<PaymentRow>> {
-        let stmt = store::plan(client, &ORDER_PAYMENTS)?;
-        let mut rows = client.update(stmt, Some(1), &[order_id.into()])?;
-        let (paid, open) = match rows.next() {
-            Some(row) => (row.get::<bool>(1)?.unwrap_or(false), row.get::<i64>(2)?),
-            None => (false, None),
-        };
+        let OrderPayments { paid, open } = payments::of_order(client, order_id)?;
         if paid {
             return Err(PaymentError::PaymentStateForbids {
                 message: format!("order {order_id} is already paid, or its payment is processing"),
@@ -145,7 +67,7 @@ fn create(order_id: i64, currency: &str, amount: i64) -> Result<i64> {
             });
         }
         match open {
-            Some(id) => payment_row(client, id),
+            Some(id) => payments::read(client, id),
             None => Ok(None),
         }
     })?;
@@ -157,15 +79,8 @@ fn create(order_id: i64, currency: &str, amount: i64) -> Result<i64> {
         cancel_at_stripe(&open)?;
     }
 
-    let attempt = Spi::connect_mut(|client| -> Result<i64> {
-        let stmt = store::plan(client, &EARLIER_ATTEMPTS)?;
-        let attempt = first_value::<i64>(client.update(
-            stmt,
-            Some(1),
-            &[order_id.into(), amount.into(), currency.as_str().into()],
-        )?)?
-        .unwrap_or(0);
-        Ok(attempt)
+    let attempt = Spi::connect_mut(|client| {
+        payments::one_time_attempts(client, order_id, amount, &currency)
     })?;
 
     // The key says what the call means: a rolled-back transaction that runs again sends the
@@ -194,30 +109,27 @@ fn create(order_id: i64, currency: &str, amount: i64) -> Result<i64> {
 
     while_writing(Writer::default(), || {
         Spi::connect_mut(|client| -> Result<i64> {
-            let stmt = store::plan(client, &INSERT_PAYMENT)?;
-            first_value::<i64>(client.update(
-                stmt,
-                Some(1),
-                &[
-                    order_id.into(),
-                    amount.into(),
-                    currency.as_str().into(),
-                    intent.id.as_str().into(),
-                    intent.client_secret.as_deref().into(),
-                    keys.livemode.into(),
-                ],
-            )?)?
-            .ok_or_else(|| PaymentError::Internal("the payment row was not created".into()))
+            payments::insert_pending(
+                client,
+                &PendingPayment {
+                    order_id,
+                    amount,
+                    currency: &currency,
+                    stripe_payment_intent_id: &intent.id,
+                    client_secret: intent.client_secret.as_deref(),
+                    livemode: keys.livemode,
+                },
+            )
         })
     })
 }
 
 fn cancel(payment_id: i64) -> Result<i64> {
-    let payment = Spi::connect_mut(|client| payment_row(client, payment_id))?
+    let payment = Spi::connect_mut(|client| payments::read(client, payment_id))?
         .ok_or_else(|| PaymentError::NotFound(format!("payment {payment_id} does not exist")))?;
     // Serialised with create_payment on the same order.
     Spi::connect_mut(|client| orders::take_order_lock(client, payment.order_id))?;
-    let payment = Spi::connect_mut(|client| payment_row(client, payment_id))?
+    let payment = Spi::connect_mut(|client| payments::read(client, payment_id))?
         .ok_or_else(|| PaymentError::NotFound(format!("payment {payment_id} does not exist")))?;
     if payment.recurring {
         return Err(PaymentError::PaymentStateForbids {

@@ -8,8 +8,9 @@ use crate::lifecycle::SubscriptionStatus;
 use crate::metadata as meta;
 use crate::money;
 use crate::objects::{Price, Subscription};
+use crate::store::recurring::{self, NewRecurring};
 use crate::store::Statement;
-use crate::store::{self, first_value, orders, recurring, BOOL, INT8, TEXT};
+use crate::store::{self, first_value, orders, BOOL, TEXT};
 use pgrx::prelude::*;
 use rust_decimal::Decimal;
 use std::str::FromStr;
@@ -24,25 +25,6 @@ static SAVE_CUSTOMER: Statement = Statement::new(
     ON CONFLICT (user_key, livemode) DO NOTHING",
     &[TEXT, TEXT, BOOL],
 );
-static EARLIER_ATTEMPTS: Statement = Statement::new(
-    "SELECT count(*) FROM payment.recurring_payments WHERE order_id = $1 AND price_id = $2",
-    &[INT8, TEXT],
-);
-static INSERT_RECURRING: Statement = Statement::new("\
-    INSERT INTO payment.recurring_payments (order_id, price_id, stripe_customer_id, stripe_subscription_id, \
-                                            status, cancel_at_period_end, current_period_start, \
-                                            current_period_end, client_secret, livemode) \
-    VALUES ($1, $2, $3, $4, $5, $6, pg_catalog.to_timestamp($7), pg_catalog.to_timestamp($8), $9, $10) \
-    RETURNING id",
-    &[INT8, TEXT, TEXT, TEXT, TEXT, BOOL, INT8, INT8, TEXT, BOOL],
-);
-static UPDATE_AFTER_CANCEL: Statement = Statement::new("\
-    UPDATE payment.recurring_payments SET status = $2, cancel_at_period_end = $3, \
-           canceled_at = COALESCE(pg_catalog.to_timestamp($4), canceled_at), updated_at = pg_catalog.now() \
-     WHERE id = $1",
-    &[INT8, TEXT, BOOL, INT8],
-);
-
 fn status_of(subscription: &Subscription) -> Result<SubscriptionStatus> {
     let status = subscription.status.as_deref().unwrap_or("incomplete");
     SubscriptionStatus::parse(status).ok_or_else(|| {
@@ -87,14 +69,6 @@ fn check_price_fits_order(price: &Price, order: &orders::Order, order_id: i64) -
     }
 }
 
-static LIVE_SUBSCRIPTION: Statement = Statement::new(
-    "\
-    SELECT id, status, price_id FROM payment.recurring_payments \
-     WHERE order_id = $1 AND status NOT IN ('canceled', 'incomplete_expired') \
-     ORDER BY id DESC LIMIT 1",
-    &[INT8],
-);
-
 /// What the order's own rows say before Stripe is called.
 enum Prepared {
     /// The order's incomplete subscription for this price: returned as it is.
@@ -122,15 +96,11 @@ fn start(order_id: i64, price_id: &str) -> Result<i64> {
         // One live subscription per order (DESIGN.md): a second call while the first is
         // incomplete (the customer has not paid yet) gets it back.
         // `update`, not `select`: a fresh snapshot, taken after the order lock was granted.
-        let stmt = store::plan(client, &LIVE_SUBSCRIPTION)?;
-        let mut rows = client.update(stmt, Some(1), &[order_id.into()])?;
-        if let Some(row) = rows.next() {
-            let id: i64 = store::required(row.get(1)?, "recurring_payments.id")?;
-            let status: String = store::required(row.get(2)?, "recurring_payments.status")?;
-            let price: Option<String> = row.get(3)?;
-            return match (status.as_str(), price.as_deref() == Some(price_id)) {
-                ("incomplete", true) => Ok(Prepared::Existing(id)),
-                ("incomplete", false) => Err(PaymentError::PaymentStateForbids {
+        if let Some(live) = recurring::live_of_order(client, order_id)? {
+            let (id, status, price) = (live.id, live.status, live.price_id);
+            return match (status, price.as_deref() == Some(price_id)) {
+                (SubscriptionStatus::Incomplete, true) => Ok(Prepared::Existing(id)),
+                (SubscriptionStatus::Incomplete, false) => Err(PaymentError::PaymentStateForbids {
                     message: format!(
                         "order {order_id} has an incomplete subscription with price {}",
                         price.as_deref().unwrap_or("unknown")
@@ -141,7 +111,8 @@ fn start(order_id: i64, price_id: &str) -> Result<i64> {
                 }),
                 (status, _) => Err(PaymentError::PaymentStateForbids {
                     message: format!(
-                        "order {order_id} already has a subscription, which is {status}"
+                        "order {order_id} already has a subscription, which is {}",
+                        status.as_str()
                     ),
                     hint: "One order, one subscription: cancel it first, or start the new one \
                            for a new order."
@@ -160,13 +131,7 @@ fn start(order_id: i64, price_id: &str) -> Result<i64> {
             Some(1),
             &[user.as_str().into(), keys.livemode.into()],
         )?)?;
-        let stmt = store::plan(client, &EARLIER_ATTEMPTS)?;
-        let attempt = first_value::<i64>(client.update(
-            stmt,
-            Some(1),
-            &[order_id.into(), price_id.into()],
-        )?)?
-        .unwrap_or(0);
+        let attempt = recurring::attempts(client, order_id, price_id)?;
         Ok(Prepared::New {
             order,
             user,
@@ -239,26 +204,21 @@ fn start(order_id: i64, price_id: &str) -> Result<i64> {
     let (start, end) = subscription.current_period();
     while_writing(Writer::default(), || {
         Spi::connect_mut(|client| -> Result<i64> {
-            let stmt = store::plan(client, &INSERT_RECURRING)?;
-            first_value::<i64>(client.update(
-                stmt,
-                Some(1),
-                &[
-                    order_id.into(),
-                    price_id.into(),
-                    customer.as_str().into(),
-                    subscription.id.as_str().into(),
-                    status.as_str().into(),
-                    subscription.cancel_at_period_end.unwrap_or(false).into(),
-                    start.into(),
-                    end.into(),
-                    subscription.first_payment_client_secret().into(),
-                    keys.livemode.into(),
-                ],
-            )?)?
-            .ok_or_else(|| {
-                PaymentError::Internal("the recurring payment row was not created".into())
-            })
+            recurring::insert(
+                client,
+                &NewRecurring {
+                    order_id,
+                    price_id,
+                    stripe_customer_id: &customer,
+                    stripe_subscription_id: &subscription.id,
+                    status,
+                    cancel_at_period_end: subscription.cancel_at_period_end.unwrap_or(false),
+                    current_period_start: start,
+                    current_period_end: end,
+                    client_secret: subscription.first_payment_client_secret(),
+                    livemode: keys.livemode,
+                },
+            )
         })
     })
 }
@@ -302,21 +262,13 @@ fn cancel(recurring_payment_id: i64, at_period_end: bool) -> Result<i64> {
     let new_status = status_of(&subscription)?;
     while_writing(Writer::default(), || {
         Spi::connect_mut(|client| -> Result<()> {
-            let stmt = store::plan(client, &UPDATE_AFTER_CANCEL)?;
-            client.update(
-                stmt,
-                None,
-                &[
-                    recurring_payment_id.into(),
-                    new_status.as_str().into(),
-                    subscription
-                        .cancel_at_period_end
-                        .unwrap_or(at_period_end)
-                        .into(),
-                    subscription.canceled_at.into(),
-                ],
-            )?;
-            Ok(())
+            recurring::set_canceled(
+                client,
+                recurring_payment_id,
+                new_status,
+                subscription.cancel_at_period_end.unwrap_or(at_period_end),
+                subscription.canceled_at,
+            )
         })
     })?;
     Ok(recurring_payment_id)

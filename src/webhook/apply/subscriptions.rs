@@ -6,35 +6,12 @@ use super::{object, required, waited_for_creator};
 use crate::error::{PaymentError, Result};
 use crate::lifecycle::{subscription_may_move, SubscriptionStatus};
 use crate::objects::{Invoice, Subscription};
-use crate::store::Statement;
-use crate::store::{self, orders, payments, recurring, BOOL, INT8, TEXT};
+use crate::store::orders;
+use crate::store::payments::{self, PaidInvoice};
+use crate::store::recurring::{self, SubscriptionMove};
 use crate::webhook::event::Envelope;
 use crate::webhook::{Outcome, StripeReads};
 use pgrx::prelude::*;
-
-static MOVE_RECURRING: Statement = Statement::new("\
-    UPDATE payment.recurring_payments SET status = $2, cancel_at_period_end = $3, \
-           current_period_start = COALESCE(pg_catalog.to_timestamp($4), current_period_start), \
-           current_period_end = COALESCE(pg_catalog.to_timestamp($5), current_period_end), \
-           canceled_at = pg_catalog.to_timestamp($6), \
-           stripe_customer_id = COALESCE($7, stripe_customer_id), price_id = COALESCE($8, price_id), \
-           last_event_at = GREATEST(last_event_at, pg_catalog.to_timestamp($9)), updated_at = pg_catalog.now(), \
-           cancel_at = pg_catalog.to_timestamp($10), trial_end = pg_catalog.to_timestamp($11) \
-     WHERE id = $1",
-    &[INT8, TEXT, BOOL, INT8, INT8, INT8, TEXT, TEXT, INT8, INT8, INT8],
-);
-static MARK_PAST_DUE: Statement = Statement::new("\
-    UPDATE payment.recurring_payments SET status = 'past_due', \
-           last_event_at = GREATEST(last_event_at, pg_catalog.to_timestamp($2)), updated_at = pg_catalog.now() \
-     WHERE id = $1",
-    &[INT8, INT8],
-);
-static INSERT_RENEWAL_PAYMENT: Statement = Statement::new("\
-    INSERT INTO payment.payments (order_id, recurring_payment_id, amount, currency, status, amount_received, \
-                                  stripe_payment_intent_id, stripe_invoice_id, livemode, last_event_at) \
-    VALUES ($1, $2, $3, $4, 'succeeded', $3, $5, $6, $7, pg_catalog.to_timestamp($8))",
-    &[INT8, INT8, INT8, TEXT, TEXT, TEXT, BOOL, INT8],
-);
 
 pub fn apply_subscription(envelope: &Envelope<'_>) -> Result<Outcome> {
     let subscription: Subscription = object(envelope)?;
@@ -67,23 +44,21 @@ pub fn apply_subscription(envelope: &Envelope<'_>) -> Result<Outcome> {
             return Ok(Outcome::Applied);
         }
         let (start, end) = subscription.current_period();
-        let stmt = store::plan(client, &MOVE_RECURRING)?;
-        client.update(
-            stmt,
-            None,
-            &[
-                recurring.id.into(),
-                status.as_str().into(),
-                subscription.cancel_at_period_end.unwrap_or(false).into(),
-                start.into(),
-                end.into(),
-                subscription.canceled_at.into(),
-                subscription.customer_id().into(),
-                subscription.price_id().into(),
-                envelope.created.into(),
-                subscription.cancel_at.into(),
-                subscription.trial_end.into(),
-            ],
+        recurring::move_by_event(
+            client,
+            recurring.id,
+            &SubscriptionMove {
+                status,
+                cancel_at_period_end: subscription.cancel_at_period_end.unwrap_or(false),
+                current_period_start: start,
+                current_period_end: end,
+                canceled_at: subscription.canceled_at,
+                cancel_at: subscription.cancel_at,
+                trial_end: subscription.trial_end,
+                stripe_customer_id: subscription.customer_id(),
+                price_id: subscription.price_id(),
+                event_created: envelope.created,
+            },
         )?;
         Ok(Outcome::Applied)
     })
@@ -135,27 +110,24 @@ pub fn apply_invoice_paid(envelope: &Envelope<'_>, stripe: &dyn StripeReads) -> 
         } else {
             return Ok(Outcome::Applied);
         };
-        let insert = store::plan(client, &INSERT_RENEWAL_PAYMENT)?;
-        client.update(
-            insert,
-            None,
-            &[
-                order_id.into(),
-                recurring.id.into(),
-                amount_paid.into(),
-                required(
-                    invoice.currency.as_deref(),
-                    "invoice",
-                    &invoice.id,
-                    "currency",
-                )?
-                .to_lowercase()
-                .into(),
-                intent.as_deref().into(),
-                invoice.id.as_str().into(),
-                (recurring.livemode || envelope.livemode).into(),
-                envelope.created.into(),
-            ],
+        let currency = required(
+            invoice.currency.as_deref(),
+            "invoice",
+            &invoice.id,
+            "currency",
+        )?;
+        payments::insert_paid_invoice(
+            client,
+            &PaidInvoice {
+                order_id,
+                recurring_payment_id: recurring.id,
+                amount: amount_paid,
+                currency: &currency.to_lowercase(),
+                stripe_payment_intent_id: intent.as_deref(),
+                stripe_invoice_id: &invoice.id,
+                livemode: recurring.livemode || envelope.livemode,
+                event_created: envelope.created,
+            },
         )?;
         let payment_id = payments::by_invoice(client, &invoice.id)?;
         if let Some(payment_id) = payment_id {
@@ -193,8 +165,7 @@ pub fn apply_invoice_payment_failed(envelope: &Envelope<'_>) -> Result<Outcome> 
                 envelope.created,
             )
         {
-            let stmt = store::plan(client, &MARK_PAST_DUE)?;
-            client.update(stmt, None, &[recurring.id.into(), envelope.created.into()])?;
+            recurring::mark_past_due(client, recurring.id, envelope.created)?;
         }
         Ok(Outcome::Applied)
     })
