@@ -84,7 +84,8 @@ const FACTS: &str = "\
            (SELECT pg_catalog.string_agg(name, ', ' ORDER BY name) FROM handlers WHERE superuser), \
            (SELECT pg_catalog.string_agg(name || ' (' || search_path || ')', ', ' ORDER BY name) FROM handlers \
              WHERE search_path IS NOT NULL AND search_path !~ '(^|,)\\s*\"?pg_temp\"?\\s*$'), \
-           (SELECT pg_catalog.count(*) FROM payment.payments WHERE failure_code = 'amount_mismatch'), \
+           (SELECT pg_catalog.count(*) FROM payment.payments \
+             WHERE failure_code = 'amount_mismatch' AND amount_refunded < amount_received), \
            (SELECT table_name FROM link), \
            (SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = link.order_table) FROM link), \
            (SELECT pg_catalog.count(*) FROM link, pg_catalog.pg_trigger t \
@@ -182,8 +183,8 @@ fn checks() -> Result<Vec<Check>> {
         });
         out.push(if mismatched > 0 {
             check("amount_mismatch", Status::Warn,
-                format!("{mismatched} payment(s) where Stripe received another amount than the payment's"),
-                Some("Amounts are minor units (99.99 USD is 9999): compare payment.to_minor_units(price, currency) with what was charged, and refund or charge the difference."))
+                format!("{mismatched} payment(s) where Stripe received another amount than the payment's, not refunded"),
+                Some("Amounts are minor units (99.99 USD is 9999): compare payment.to_minor_units(price, currency) with what was charged; refund it in Stripe's dashboard (its refund webhook clears this) and charge the right amount with a new order."))
         } else {
             check("amount_mismatch", Status::Ok, "no flagged amounts", None)
         });

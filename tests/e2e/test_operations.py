@@ -82,10 +82,14 @@ def test_a_kind_with_rows_but_no_handler_fails_while_others_have_one(shop):
     assert status(shop, "callbacks") == "ok"
 
 
-def test_a_dropped_handler_fails(shop):
+def test_a_dropped_handler_fails_until_it_is_removed(shop):
     shop.add_logging_callback("payment")
+    oid = shop.value("SELECT handler::oid::int FROM payment.callbacks")
     shop.owner_conn().execute("DROP FUNCTION app.log_payment(jsonb)")
-    assert status(shop, "callbacks") == "fail"
+    h = health(shop)["callbacks"]
+    assert h["status"] == "fail" and "remove_callback" in (h["hint"] or "")
+    shop.conn.execute(f"SELECT payment.remove_callback('payment', {oid}::regprocedure)")  # the hint
+    assert status(shop, "callbacks") == "ok"
 
 
 def test_a_handler_with_a_loose_search_path_warns(shop):
@@ -97,11 +101,18 @@ def test_a_handler_with_a_loose_search_path_warns(shop):
     assert status(shop, "handler_search_path") == "ok"
 
 
-def test_a_flagged_amount_warns(shop):
+def test_a_flagged_amount_warns_until_it_is_refunded(shop):
     p = shop.payment(amount=1000)
     shop.deliver(ev.pi_event("payment_intent.succeeded", p.pi, amount=10))
     h = health(shop)["amount_mismatch"]
     assert h["status"] == "warn" and "minor units" in h["hint"]
+    # The shop refunds the wrong charge in the dashboard; its webhook clears the warning.
+    shop.deliver(ev.refund_event("refund.created", ev.stripe_id("re"), pi_id=p.pi, ch_id=ev.stripe_id("ch"),
+                                 amount=5))
+    assert status(shop, "amount_mismatch") == "warn"  # half of it is still held
+    shop.deliver(ev.refund_event("refund.created", ev.stripe_id("re"), pi_id=p.pi, ch_id=ev.stripe_id("ch"),
+                                 amount=5))
+    assert status(shop, "amount_mismatch") == "ok"
 
 
 def test_a_missing_link_or_guard_fails_and_a_link_without_currency_warns(db):
@@ -112,6 +123,8 @@ def test_a_missing_link_or_guard_fails_and_a_link_without_currency_warns(db):
     assert (status(db, "link"), status(db, "link_currency")) == ("ok", "ok")
     db.conn.execute("UPDATE payment.order_link SET currency = NULL")  # as 0.1.0 linked it
     assert status(db, "link_currency") == "warn"
+    db.conn.execute("SELECT payment.link_order_table('public.orders', currency => 'usd')")  # the hint
+    assert status(db, "link_currency") == "ok"
     db.conn.execute("SET session_replication_role = replica")  # a superuser can still disable...
     db.conn.execute("UPDATE pg_trigger SET tgenabled = 'D' WHERE tgname = 'pg_payment_guard_rows'")
     db.conn.execute("RESET session_replication_role")
