@@ -101,19 +101,28 @@ pub fn paid_status(amount_received: i64, amount_refunded: i64) -> PaymentStatus 
 }
 
 /// One PaymentIntent that paid several invoices has one payment row per invoice, and Stripe
-/// refunds the PaymentIntent, not an invoice: its live refunds (`total`) count against the
-/// rows newest first, each up to what it received. `received` is newest first; the shares
-/// come back in the same order.
-pub fn refunds_newest_first(total: i64, received: &[i64]) -> Vec<i64> {
-    let mut left = total.max(0);
-    received
+/// refunds the PaymentIntent, not an invoice. `rows` are (received, own live refunds) per row,
+/// newest first, where a row's own refunds are those refund_payment made of it or that
+/// webhooks placed on it (the newest, when nothing names the invoice). Each row counts its
+/// own refunds up to what it received; what exceeds that counts against the rows newest
+/// first, each up to what it received. The shares come back in the same order.
+pub fn refunds_of_shared_intent(rows: &[(i64, i64)]) -> Vec<i64> {
+    let mut shares: Vec<i64> = rows
         .iter()
-        .map(|&got| {
-            let share = left.min(got.max(0));
-            left -= share;
-            share
-        })
-        .collect()
+        .map(|&(received, own)| own.max(0).min(received.max(0)))
+        .collect();
+    let mut excess: i64 = rows
+        .iter()
+        .zip(&shares)
+        .map(|(&(_, own), &share)| own.max(0) - share)
+        .sum();
+    for (share, &(received, _)) in shares.iter_mut().zip(rows) {
+        let room = received.max(0) - *share;
+        let more = excess.min(room);
+        *share += more;
+        excess -= more;
+    }
+    shares
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,13 +303,35 @@ mod tests {
     }
 
     #[test]
-    fn a_shared_intents_refunds_fill_the_newest_payment_first() {
-        assert_eq!(refunds_newest_first(0, &[1000, 1000]), [0, 0]);
-        assert_eq!(refunds_newest_first(700, &[1000, 1000]), [700, 0]);
-        assert_eq!(refunds_newest_first(1500, &[1000, 1000]), [1000, 500]);
-        assert_eq!(refunds_newest_first(2000, &[1000, 1000]), [1000, 1000]);
+    fn a_shared_intents_refunds_count_where_they_were_made_then_newest_first() {
+        // Dashboard refunds are placed on the newest row: they fill it, then the older ones.
+        assert_eq!(refunds_of_shared_intent(&[(1000, 0), (1000, 0)]), [0, 0]);
+        assert_eq!(
+            refunds_of_shared_intent(&[(1000, 700), (1000, 0)]),
+            [700, 0]
+        );
+        assert_eq!(
+            refunds_of_shared_intent(&[(1000, 1500), (1000, 0)]),
+            [1000, 500]
+        );
+        assert_eq!(
+            refunds_of_shared_intent(&[(1000, 2000), (1000, 0)]),
+            [1000, 1000]
+        );
+        // A refund made of the older row counts there, not on the newest.
+        assert_eq!(
+            refunds_of_shared_intent(&[(1000, 0), (1000, 1000)]),
+            [0, 1000]
+        );
+        assert_eq!(
+            refunds_of_shared_intent(&[(1000, 300), (1000, 1200)]),
+            [500, 1000]
+        );
         // More than the rows received (the intent paid something else too): each is capped.
-        assert_eq!(refunds_newest_first(2500, &[1000, 1000]), [1000, 1000]);
+        assert_eq!(
+            refunds_of_shared_intent(&[(1000, 2500), (1000, 0)]),
+            [1000, 1000]
+        );
     }
 
     #[test]

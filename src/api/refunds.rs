@@ -14,8 +14,12 @@ use pgrx::prelude::*;
 /// The payment's row lock is held until the transaction ends (store::payments::lock):
 /// concurrent refunds of one payment queue there, so their sum never passes what it received.
 fn lock_payment(payment_id: i64) -> Result<LockedPayment> {
-    Spi::connect_mut(|client| payments::lock(client, payment_id))?
-        .ok_or_else(|| PaymentError::NotFound(format!("payment {payment_id} does not exist")))
+    Spi::connect_mut(|client| {
+        // The rows sharing its PaymentIntent first, newest first, as the refund webhooks do.
+        payments::lock_sharing_intent(client, payment_id)?;
+        payments::lock(client, payment_id)
+    })?
+    .ok_or_else(|| PaymentError::NotFound(format!("payment {payment_id} does not exist")))
 }
 
 fn refund(payment_id: i64, requested: Option<i64>) -> Result<i64> {
@@ -62,7 +66,7 @@ fn refund(payment_id: i64, requested: Option<i64>) -> Result<i64> {
     // Attempts of this kind: refunds of this payment with this amount that exist. A call whose
     // transaction rolled back left none, so its retry sends the same key and gets the same
     // refund back; a genuinely new refund of the same amount gets a new key.
-    let attempt = Spi::connect_mut(|client| refunds::attempts(client, payment_id, amount))?;
+    let attempt = Spi::connect_mut(|client| refunds::attempts(client, &intent, amount))?;
     let amount_text = amount.to_string();
     let payment_text = payment_id.to_string();
     let order_text = payment.order_id.to_string();

@@ -49,10 +49,6 @@ static BY_INVOICE: Statement = Statement::new(
     "SELECT id FROM payment.payments WHERE stripe_invoice_id = $1",
     &[TEXT],
 );
-static AMOUNT_REFUNDED: Statement = Statement::new(
-    "SELECT amount_refunded FROM payment.payments WHERE id = $1",
-    &[INT8],
-);
 
 pub fn lock(client: &mut SpiClient<'_>, id: i64) -> Result<Option<LockedPayment>> {
     let mut rows = client.update(plan(client, &LOCK)?, Some(1), &[id.into()])?;
@@ -104,15 +100,6 @@ pub fn newest_by_intent(client: &mut SpiClient<'_>, intent: &str) -> Result<Opti
 
 pub fn by_invoice(client: &mut SpiClient<'_>, invoice: &str) -> Result<Option<i64>> {
     first_value::<i64>(client.update(plan(client, &BY_INVOICE)?, Some(1), &[invoice.into()])?)
-}
-
-pub fn amount_refunded(client: &mut SpiClient<'_>, id: i64) -> Result<i64> {
-    let refunded = first_value::<i64>(client.update(
-        plan(client, &AMOUNT_REFUNDED)?,
-        Some(1),
-        &[id.into()],
-    )?)?;
-    required(refunded, "payments.amount_refunded")
 }
 
 /// A one-time payment found by its PaymentIntent, locked.
@@ -389,4 +376,59 @@ pub fn insert_pending(client: &mut SpiClient<'_>, payment: &PendingPayment<'_>) 
 pub fn mark_canceled(client: &mut SpiClient<'_>, id: i64) -> Result<()> {
     client.update(plan(client, &MARK_CANCELED)?, None, &[id.into()])?;
     Ok(())
+}
+
+/// One of the subscription payment rows that share a PaymentIntent (one PaymentIntent that
+/// paid several invoices).
+pub struct SharingRow {
+    pub id: i64,
+    pub status: Option<PaymentStatus>,
+    pub received: i64,
+    pub refunded: i64,
+}
+
+static LOCK_SHARING_INTENT: Statement = Statement::new(
+    "\
+    SELECT p.id, p.status, p.amount_received, p.amount_refunded FROM payment.payments p \
+     WHERE p.recurring_payment_id IS NOT NULL \
+       AND p.stripe_payment_intent_id = (SELECT s.stripe_payment_intent_id FROM payment.payments s \
+                                          WHERE s.id = $1 AND s.recurring_payment_id IS NOT NULL) \
+     ORDER BY p.id DESC FOR UPDATE",
+    &[INT8],
+);
+static REFUNDED_OF_INTENT: Statement = Statement::new(
+    "\
+    SELECT COALESCE(pg_catalog.sum(p.amount_refunded), 0)::int8 FROM payment.payments p \
+     WHERE p.id = $1 \
+        OR (p.recurring_payment_id IS NOT NULL \
+            AND p.stripe_payment_intent_id = (SELECT s.stripe_payment_intent_id FROM payment.payments s \
+                                               WHERE s.id = $1 AND s.recurring_payment_id IS NOT NULL))",
+    &[INT8],
+);
+
+/// The rows sharing this subscription payment's PaymentIntent, newest first, locked in that
+/// order (every refund of them takes its locks in this order, so two never deadlock); empty
+/// for a one-time payment or one without a PaymentIntent.
+pub fn lock_sharing_intent(client: &mut SpiClient<'_>, id: i64) -> Result<Vec<SharingRow>> {
+    let mut out = Vec::new();
+    for row in client.update(plan(client, &LOCK_SHARING_INTENT)?, None, &[id.into()])? {
+        out.push(SharingRow {
+            id: required(row.get::<i64>(1)?, "payments.id")?,
+            status: PaymentStatus::parse(&required(row.get::<String>(2)?, "payments.status")?),
+            received: required(row.get::<i64>(3)?, "payments.amount_received")?,
+            refunded: required(row.get::<i64>(4)?, "payments.amount_refunded")?,
+        });
+    }
+    Ok(out)
+}
+
+/// What is recorded as refunded of this payment's PaymentIntent: its own `amount_refunded`,
+/// or that of all the rows sharing it.
+pub fn refunded_of_intent(client: &mut SpiClient<'_>, id: i64) -> Result<i64> {
+    let n = first_value::<i64>(client.update(
+        plan(client, &REFUNDED_OF_INTENT)?,
+        Some(1),
+        &[id.into()],
+    )?)?;
+    Ok(n.unwrap_or(0))
 }

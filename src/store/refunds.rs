@@ -7,8 +7,9 @@
 use super::Statement;
 use crate::error::Result;
 use crate::lifecycle::{
-    paid_status, refund_may_move, refunds_newest_first, PaymentStatus, RefundStatus,
+    paid_status, refund_may_move, refunds_of_shared_intent, PaymentStatus, RefundStatus,
 };
+use crate::store::payments::SharingRow;
 use crate::store::{self, first_value, payments, INT8, TEXT};
 use pgrx::spi::SpiClient;
 
@@ -70,7 +71,9 @@ pub fn record(
     created: Option<i64>,
 ) -> Result<()> {
     // Lock the payment first, always: concurrent events for its refunds then queue here,
-    // and the live total below is computed over a stable set.
+    // and the live total below is computed over a stable set. The rows sharing its
+    // PaymentIntent come first, newest first, as refund_payment locks them: one lock order.
+    let sharing = payments::lock_sharing_intent(client, payment_id)?;
     let payment = payments::lock(client, payment_id)?.ok_or_else(|| {
         crate::error::PaymentError::Internal(format!(
             "payment {payment_id} of a refund does not exist"
@@ -91,6 +94,7 @@ pub fn record(
             return refresh_amount_refunded(
                 client,
                 payment_id,
+                &sharing,
                 payment_status,
                 amount_received,
                 amount_refunded,
@@ -135,58 +139,33 @@ pub fn record(
     refresh_amount_refunded(
         client,
         payment_id,
+        &sharing,
         payment_status,
         amount_received,
         amount_refunded,
     )
 }
 
-/// The subscription payment rows that share this row's PaymentIntent (one PaymentIntent that
-/// paid several invoices), newest first, locked in that order; empty for any other payment.
-static ROWS_SHARING_INTENT: Statement = Statement::new(
+/// Each row's live refunds, for the rows sharing one PaymentIntent.
+static LIVE_REFUNDS_BY_PAYMENT: Statement = Statement::new(
     "\
-    SELECT p.id, p.status, p.amount_received, p.amount_refunded FROM payment.payments p \
-     WHERE p.recurring_payment_id IS NOT NULL \
-       AND p.stripe_payment_intent_id = (SELECT s.stripe_payment_intent_id FROM payment.payments s \
-                                          WHERE s.id = $1 AND s.recurring_payment_id IS NOT NULL) \
-     ORDER BY p.id DESC FOR UPDATE",
-    &[INT8],
-);
-static LIVE_REFUND_TOTAL_OF_ROWS: Statement = Statement::new(
-    "\
-    SELECT COALESCE(sum(amount), 0)::int8 FROM payment.refunds \
-     WHERE payment_id = ANY($1) AND status NOT IN ('failed', 'canceled')",
+    SELECT payment_id, COALESCE(sum(amount), 0)::int8 FROM payment.refunds \
+     WHERE payment_id = ANY($1) AND status NOT IN ('failed', 'canceled') GROUP BY payment_id",
     &[pgrx::PgOid::BuiltIn(pgrx::PgBuiltInOids::INT8ARRAYOID)],
 );
-
-struct SharingRow {
-    id: i64,
-    status: Option<PaymentStatus>,
-    received: i64,
-    refunded: i64,
-}
 
 /// Re-derive the payment's `amount_refunded` and status; for a PaymentIntent that paid
 /// several invoices, those of all its rows together (lifecycle's refunds_newest_first).
 fn refresh_amount_refunded(
     client: &mut SpiClient<'_>,
     payment_id: i64,
+    sharing: &[SharingRow],
     payment_status: Option<PaymentStatus>,
     amount_received: i64,
     amount_refunded: i64,
 ) -> Result<()> {
-    let sharing_stmt = store::plan(client, &ROWS_SHARING_INTENT)?;
-    let mut sharing = Vec::new();
-    for row in client.update(sharing_stmt, None, &[payment_id.into()])? {
-        sharing.push(SharingRow {
-            id: store::required(row.get::<i64>(1)?, "payments.id")?,
-            status: row.get::<String>(2)?.and_then(|s| PaymentStatus::parse(&s)),
-            received: store::required(row.get::<i64>(3)?, "payments.amount_received")?,
-            refunded: store::required(row.get::<i64>(4)?, "payments.amount_refunded")?,
-        });
-    }
     if sharing.len() > 1 {
-        return refresh_rows_sharing_intent(client, &sharing);
+        return refresh_rows_sharing_intent(client, sharing);
     }
     let total_stmt = store::plan(client, &LIVE_REFUND_TOTAL)?;
     let total: i64 =
@@ -207,11 +186,19 @@ fn refresh_amount_refunded(
 
 fn refresh_rows_sharing_intent(client: &mut SpiClient<'_>, rows: &[SharingRow]) -> Result<()> {
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    let total_stmt = store::plan(client, &LIVE_REFUND_TOTAL_OF_ROWS)?;
-    let total: i64 =
-        first_value::<i64>(client.update(total_stmt, Some(1), &[ids.into()])?)?.unwrap_or(0);
-    let received: Vec<i64> = rows.iter().map(|r| r.received).collect();
-    for (row, share) in rows.iter().zip(refunds_newest_first(total, &received)) {
+    let mut own: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
+    let stmt = store::plan(client, &LIVE_REFUNDS_BY_PAYMENT)?;
+    for row in client.update(stmt, None, &[ids.into()])? {
+        own.insert(
+            store::required(row.get::<i64>(1)?, "refunds.payment_id")?,
+            store::required(row.get::<i64>(2)?, "sum(refunds.amount)")?,
+        );
+    }
+    let rows_refunds: Vec<(i64, i64)> = rows
+        .iter()
+        .map(|r| (r.received, own.get(&r.id).copied().unwrap_or(0)))
+        .collect();
+    for (row, share) in rows.iter().zip(refunds_of_shared_intent(&rows_refunds)) {
         let Some(status) = row.status else { continue };
         let new_status = if status.is_paid() {
             paid_status(row.received, share)
@@ -227,12 +214,13 @@ fn refresh_rows_sharing_intent(client: &mut SpiClient<'_>, rows: &[SharingRow]) 
 
 /// Attempts are refunds that refund_payment asked for and committed: a refund recorded only
 /// by its webhook (the dashboard's, or one whose call rolled back) is not an attempt, so the
-/// call that rolled back replays to it instead of refunding a second time.
+/// call that rolled back replays to it instead of refunding a second time. Counted over the
+/// PaymentIntent's rows, so two invoices it paid never send the same key.
 static ATTEMPTS: Statement = Statement::new(
     "\
-    SELECT count(*) FROM payment.refunds \
-     WHERE payment_id = $1 AND amount = $2 AND idempotency_key IS NOT NULL",
-    &[INT8, INT8],
+    SELECT count(*) FROM payment.refunds r JOIN payment.payments p ON p.id = r.payment_id \
+     WHERE p.stripe_payment_intent_id = $1 AND r.amount = $2 AND r.idempotency_key IS NOT NULL",
+    &[TEXT, INT8],
 );
 static MARK_ATTEMPT: Statement = Statement::new(
     "\
@@ -245,11 +233,10 @@ static ID_OF: Statement = Statement::new(
     &[TEXT],
 );
 
-/// How many refunds of this amount refund_payment has made of the payment.
-pub fn attempts(client: &mut SpiClient<'_>, payment_id: i64, amount: i64) -> Result<i64> {
+/// How many refunds of this amount refund_payment has made of the PaymentIntent.
+pub fn attempts(client: &mut SpiClient<'_>, intent: &str, amount: i64) -> Result<i64> {
     let stmt = store::plan(client, &ATTEMPTS)?;
-    let n =
-        first_value::<i64>(client.update(stmt, Some(1), &[payment_id.into(), amount.into()])?)?;
+    let n = first_value::<i64>(client.update(stmt, Some(1), &[intent.into(), amount.into()])?)?;
     Ok(n.unwrap_or(0))
 }
 

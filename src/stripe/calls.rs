@@ -172,8 +172,9 @@ impl Client {
         // A subscription charges its first invoice: like a refund, an error Stripe saved
         // under the key moves on to the next key only once the customer's subscriptions show
         // none made by an earlier key.
-        let made_already =
-            |client: &Client, hooks: Hooks<'_>| client.find_subscription(customer, metadata, hooks);
+        let made_already = |client: &Client, hooks: Hooks<'_>| {
+            client.find_subscription(customer, price, metadata, hooks)
+        };
         self.request_past_saved_errors_unless_made(
             Method::Post,
             "/v1/subscriptions",
@@ -184,11 +185,13 @@ impl Client {
         )
     }
 
-    /// The customer's subscription whose metadata holds every pair of `metadata`, read again
-    /// with the first invoice expanded (as `create_subscription` answers).
+    /// The customer's subscription of `price` whose metadata holds every pair of `metadata`
+    /// (attempts are counted per order and price), read again with the first invoice
+    /// expanded (as `create_subscription` answers).
     fn find_subscription(
         &self,
         customer: &str,
+        price: &str,
         metadata: &[(&str, &str)],
         hooks: Hooks<'_>,
     ) -> Result<Option<Subscription>, StripeError> {
@@ -211,7 +214,7 @@ impl Client {
             if let Some(found) = page
                 .data
                 .iter()
-                .find(|s| has_metadata(&s.metadata, metadata))
+                .find(|s| s.price_id() == Some(price) && has_metadata(&s.metadata, metadata))
             {
                 let path = format!("/v1/subscriptions/{}", found.id);
                 let expand = first_invoice_expansion(&self.config.api_version);

@@ -62,7 +62,8 @@ impl Outcome {
 /// for it and then sees its outcome, which a snapshot taken before the wait would hide.
 fn require_read_committed(function: &str) -> Result<()> {
     // SAFETY: a plain read of a backend global.
-    if unsafe { pg_sys::XactIsoLevel } != pg_sys::XACT_READ_COMMITTED as i32 {
+    // READ UNCOMMITTED runs as READ COMMITTED in PostgreSQL.
+    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
         return Err(PaymentError::WrongIsolation(format!(
             "{function} must run at READ COMMITTED isolation, so that an event racing another \
              delivery of itself can wait for it and see its outcome"

@@ -11,6 +11,7 @@ use super::event::{self, EventKind, HANDLED_TYPES};
 use super::{record_and_apply, require_read_committed, Outcome, StripeReads};
 use crate::error::{PaymentError, Result};
 use crate::store::sync_state::{self, Cursor};
+use crate::stripe::ErrorClass;
 use serde_json::{json, Value};
 
 /// How far back the first call goes: Stripe's own retry window for a webhook.
@@ -143,25 +144,32 @@ fn event_id(event: &Value) -> Option<&str> {
 }
 
 /// Apply one listed event as a delivery would be applied; no signature (it came from Stripe
-/// over TLS, with the secret key).
-fn apply_listed(event: &Value, stripe: &dyn StripeReads) -> (Outcome, Option<Cursor>) {
+/// over TLS, with the secret key). An event that cannot be read ends the walk before it
+/// (the cursor stays before it, so it is never skipped).
+fn apply_listed(event: &Value, stripe: &dyn StripeReads) -> Result<(Outcome, Cursor)> {
     let text = event.to_string();
-    let envelope = match event::parse_envelope(&text) {
-        Ok(envelope) => envelope,
-        Err(error) => return (Outcome::Failed(error), None),
-    };
+    let envelope = event::parse_envelope(&text).map_err(|error| {
+        PaymentError::Internal(format!(
+            "Stripe listed an event pg_payment cannot read ({error}); the sync stopped before it"
+        ))
+    })?;
     let cursor = Cursor {
         created: envelope.created,
         event_id: envelope.id.to_string(),
     };
     let kind = EventKind::of(&envelope.event_type);
     match record_and_apply(&envelope, kind, &text, stripe) {
-        Ok(outcome) => (outcome, Some(cursor)),
+        Ok(outcome) => Ok((outcome, cursor)),
         // Not the event's own failure (that is stored `failed` by record_and_apply): the
         // database refused to record it. Raise: the call's work is rolled back together.
         Err(e) => e.raise(),
     }
 }
+
+/// Events met again (delivered already) cost no budget, but a call meets at most this many
+/// per event of its budget: a call over a period webhooks covered stays one bounded
+/// transaction, and the next goes on from its cursor.
+const SEEN_PER_BUDGETED_EVENT: i64 = 10;
 
 /// The entry point behind `payment.sync_events(since, max_events)`.
 pub fn sync(since: Option<i64>, max_events: i32, stripe: &dyn StripeReads) -> Result<Value> {
@@ -179,11 +187,15 @@ pub fn sync(since: Option<i64>, max_events: i32, stripe: &dyn StripeReads) -> Re
         (None, None) => now - FIRST_CALL_LOOKBACK_S,
     };
 
+    // Where this call stands: for a call without `since`, the kept cursor until it applies
+    // something; a call with `since` reports only where it got to (the kept cursor may be
+    // further on, and a `since` recovery goes on from this call's cursor).
     let mut report = Report {
-        cursor: kept.clone(),
+        cursor: if since.is_none() { kept.clone() } else { None },
         ..Report::default()
     };
     let mut budget = i64::from(max_events);
+    let seen_cap = budget * SEEN_PER_BUDGETED_EVENT;
     let mut walk = || -> Result<()> {
         let Some(mut events) = oldest_page(stripe, start, now)? else {
             report.done = true;
@@ -193,18 +205,16 @@ pub fn sync(since: Option<i64>, max_events: i32, stripe: &dyn StripeReads) -> Re
             // Stripe's page is newest first; apply it oldest first.
             let newest = events.first().and_then(event_id).map(str::to_string);
             for event in events.iter().rev() {
-                if budget == 0 {
+                if budget == 0 || report.seen >= seen_cap {
                     return Ok(());
                 }
-                let (outcome, cursor) = apply_listed(event, stripe);
-                // Met again in the overlap: counted, but no work, so it costs no budget.
+                let (outcome, cursor) = apply_listed(event, stripe)?;
+                // Met again (the overlap, or delivered already): counted, but no work.
                 if outcome != Outcome::Duplicate {
                     budget -= 1;
                 }
                 report.count(&outcome);
-                if cursor.is_some() {
-                    report.cursor = cursor;
-                }
+                report.cursor = Some(cursor);
             }
             let Some(newest) = newest else {
                 report.done = true;
@@ -228,6 +238,11 @@ pub fn sync(since: Option<i64>, max_events: i32, stripe: &dyn StripeReads) -> Re
     };
     if let Err(error) = walk() {
         match error {
+            // A cancel rolls the call back, its cursor with it.
+            PaymentError::Stripe {
+                class: ErrorClass::Interrupted,
+                ..
+            } => return Err(error),
             // Stripe (or the way to it) failed: keep what was applied, say why it stopped.
             PaymentError::Stripe { .. } | PaymentError::Internal(_) => {
                 report.error = Some(error.to_string())
@@ -235,13 +250,12 @@ pub fn sync(since: Option<i64>, max_events: i32, stripe: &dyn StripeReads) -> Re
             other => return Err(other),
         }
     }
+    // Kept only forward: a call with an older `since` does not move it back.
     if let Some(cursor) = &report.cursor {
         if kept.as_ref() != Some(cursor) {
             sync_state::save(cursor)?;
         }
     }
-    // What is kept now, which a call with an older `since` did not move back.
-    report.cursor = sync_state::lock_and_read()?.or(report.cursor);
     Ok(report.to_json())
 }
 

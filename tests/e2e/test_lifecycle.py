@@ -505,16 +505,14 @@ def test_an_invoice_paid_out_of_band_is_not_stripe_money(api, fake):
                      (sent_invoice["object_id"],)) == 0
 
 
-def test_a_refund_of_an_intent_that_paid_two_invoices_counts_newest_first(api, fake):
-    """One PaymentIntent may pay several invoices (DESIGN.md): each invoice's payment row
-    names it, and its refunds count against the rows newest first, each up to what it
-    received, so no row shows more refunded than it was paid."""
-    sub = active_subscription(api, fake, "renewer_4")
+def two_invoices_paid_by_one_intent(api, fake, user):
+    """A subscription's two invoices, both paid by the first one's PaymentIntent: two payment
+    rows naming it, older first."""
+    sub = active_subscription(api, fake, user)
     first_invoice = fake.event("invoice.paid", sub["stripe_subscription_id"])
     assert apply(api, first_invoice)["outcome"] == "applied"
     older = renewal_payment(api, sub)
     second_invoice = fake.event("invoice.paid", sub["stripe_subscription_id"])
-    # Stripe paid the second invoice with the first one's PaymentIntent.
     inpay = invoice_payment_of(fake, second_invoice["object_id"])
     fake.event("invoice_payment.paid", inpay["id"],
                payment={"type": "payment_intent", "payment_intent": older["stripe_payment_intent_id"]})
@@ -523,7 +521,14 @@ def test_a_refund_of_an_intent_that_paid_two_invoices_counts_newest_first(api, f
     assert newer["id"] != older["id"]
     assert newer["stripe_payment_intent_id"] == older["stripe_payment_intent_id"]
     assert (older["amount_received"], newer["amount_received"]) == (1000, 1000)
+    return older, newer
 
+
+def test_a_refund_of_an_intent_that_paid_two_invoices_counts_newest_first(api, fake):
+    """One PaymentIntent may pay several invoices (DESIGN.md): each invoice's payment row
+    names it, and a refund nothing places (the dashboard's) counts against the rows newest
+    first, each up to what it received, so no row shows more refunded than it was paid."""
+    older, newer = two_invoices_paid_by_one_intent(api, fake, "renewer_4")
     pi = older["stripe_payment_intent_id"]
     assert api.deliver(ev.refund_event("refund.created", ev.stripe_id("re"), pi_id=pi,
                                        ch_id=ev.stripe_id("ch"), amount=1500))["outcome"] == "applied"
@@ -534,3 +539,21 @@ def test_a_refund_of_an_intent_that_paid_two_invoices_counts_newest_first(api, f
     # The newer row is fully refunded; what remains is refunded from the older one.
     assert sqlstate_of(api.row, "SELECT * FROM payment.refund_payment(%s, 100)", (newer["id"],)) == "55000"
     assert sqlstate_of(api.row, "SELECT * FROM payment.refund_payment(%s, 600)", (older["id"],)) == "22023"
+
+
+def test_refund_payment_of_one_invoice_of_a_shared_intent_counts_on_that_invoice(api, fake):
+    older, newer = two_invoices_paid_by_one_intent(api, fake, "renewer_5")
+    api.add_logging_callback("payment")
+    refund = api.row("SELECT * FROM payment.refund_payment(%s, 300)", (older["id"],))
+    assert refund["payment_id"] == older["id"]
+    assert (api.payment_row(older["id"])["amount_refunded"], api.payment_row(newer["id"])["amount_refunded"]) == (300, 0)
+    # The payment callback tells the older order, whose invoice was refunded.
+    assert [c["cb"]["order_id"] for c in api.callback_log("payment")] == [older["order_id"]]
+    # The same amount of the sibling is a new refund under its own key, not a replay.
+    again = api.row("SELECT * FROM payment.refund_payment(%s, 300)", (newer["id"],))
+    assert again["stripe_refund_id"] != refund["stripe_refund_id"]
+    keys = [r["headers"].get("Idempotency-Key") for r in refund_posts(fake)]
+    assert len(keys) == len(set(keys)) == 2
+    assert (api.payment_row(older["id"])["amount_refunded"], api.payment_row(newer["id"])["amount_refunded"]) == (300, 300)
+    # Each row refunds at most what it received.
+    assert sqlstate_of(api.row, "SELECT * FROM payment.refund_payment(%s, 800)", (older["id"],)) == "22023"

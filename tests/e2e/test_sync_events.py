@@ -276,3 +276,31 @@ def test_no_keys_is_a_configuration_error_not_a_listing_error(db):
     with pytest.raises(psycopg.Error) as info:
         db.conn.execute("SELECT payment.sync_events()")
     assert info.value.sqlstate == "55000" and "configure" in str(info.value)
+
+
+def test_a_call_with_since_that_stops_early_reports_where_it_stopped_and_goes_on_from_there(api, fake):
+    now = int(time.time())
+    missed_success(api, fake)
+    assert sync(api)["applied"] == 1  # the kept cursor is now
+    kept = api.value("SELECT cursor_event_id FROM payment.sync_state")
+    missed = [missed_success(api, fake, created=now - 4 * DAY + i) for i in range(3)]
+    first = sync(api, api.value("SELECT now() - interval '5 days'"), 2)
+    assert (first["applied"], first["done"]) == (2, False)
+    # Where this call got to, not the kept cursor further on (which stays).
+    assert first["cursor"]["event_id"] == missed[1][1]["event_id"]
+    assert api.value("SELECT cursor_event_id FROM payment.sync_state") == kept
+    rest = sync(api, first["cursor"]["created"])
+    assert (rest["applied"], rest["done"]) == (1, True)
+    assert all(api.payment_row(r["id"])["status"] == "succeeded" for r, _ in missed)
+
+
+def test_events_delivered_already_are_met_at_most_ten_per_budgeted_event(api, fake):
+    now = int(time.time())
+    delivered = [missed_success(api, fake, created=now - 100 + i)[1] for i in range(12)]
+    for sent in delivered:
+        assert deliver(api, sent)["outcome"] == "applied"
+    since = api.value("SELECT now() - interval '1 hour'")
+    first = sync(api, since, 1)
+    assert (first["seen"], first["duplicate"], first["applied"], first["done"]) == (10, 10, 0, False)
+    rest = sync(api, first["cursor"]["created"], 1)
+    assert (rest["done"], rest["applied"]) == (True, 0) and rest["duplicate"] >= 2, rest

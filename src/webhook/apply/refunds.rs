@@ -71,7 +71,7 @@ pub fn apply_charge_refunded(envelope: &Envelope<'_>, stripe: &dyn StripeReads) 
             )?;
         }
         if let Some(refunded) = charge.amount_refunded {
-            if refunded > payments::amount_refunded(client, payment_id)? {
+            if refunded > payments::refunded_of_intent(client, payment_id)? {
                 for refund in list_refunds(stripe, &charge.id)? {
                     refunds::record(client, payment_id, &facts(&refund)?, None, None)?;
                 }
