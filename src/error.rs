@@ -66,6 +66,17 @@ impl PaymentError {
         }
     }
 
+    /// A call to Stripe ended by a query cancel or statement timeout.
+    pub fn is_cancel(&self) -> bool {
+        matches!(
+            self,
+            PaymentError::Stripe {
+                class: crate::stripe::ErrorClass::Interrupted,
+                ..
+            }
+        )
+    }
+
     pub fn sqlstate(&self) -> PgSqlErrorCode {
         use PgSqlErrorCode::*;
         match self {

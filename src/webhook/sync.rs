@@ -11,7 +11,6 @@ use super::event::{self, EventKind, HANDLED_TYPES};
 use super::{record_and_apply, require_read_committed, Outcome, StripeReads};
 use crate::error::{PaymentError, Result};
 use crate::store::sync_state::{self, Cursor};
-use crate::stripe::ErrorClass;
 use serde_json::{json, Value};
 
 /// How far back the first call goes: Stripe's own retry window for a webhook.
@@ -239,10 +238,7 @@ pub fn sync(since: Option<i64>, max_events: i32, stripe: &dyn StripeReads) -> Re
     if let Err(error) = walk() {
         match error {
             // A cancel rolls the call back, its cursor with it.
-            PaymentError::Stripe {
-                class: ErrorClass::Interrupted,
-                ..
-            } => return Err(error),
+            error if error.is_cancel() => return Err(error),
             // Stripe (or the way to it) failed: keep what was applied, say why it stopped.
             PaymentError::Stripe { .. } | PaymentError::Internal(_) => {
                 report.error = Some(error.to_string())
