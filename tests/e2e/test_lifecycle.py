@@ -557,3 +557,44 @@ def test_refund_payment_of_one_invoice_of_a_shared_intent_counts_on_that_invoice
     assert (api.payment_row(older["id"])["amount_refunded"], api.payment_row(newer["id"])["amount_refunded"]) == (300, 300)
     # Each row refunds at most what it received.
     assert sqlstate_of(api.row, "SELECT * FROM payment.refund_payment(%s, 800)", (older["id"],)) == "22023"
+
+
+def test_a_subscription_found_after_a_saved_500_must_be_of_the_calls_price(api, fake):
+    """Attempts count per order and price: an expired subscription of another price, made
+    under the same attempt number, is not what the earlier key made."""
+    oid = api.order(price="10.00", user_id="saved_500_price")
+    start = "SELECT * FROM payment.start_subscription(%s, %s)"
+    old = api.row(start, (oid, "price_first"))
+    expired = fake.event("customer.subscription.updated", old["stripe_subscription_id"], status="incomplete_expired")
+    assert apply(api, expired)["outcome"] == "applied"
+    api.conn.execute("SET pg_payment.max_network_retries = 0")
+    fake.faults("/v1/subscriptions", [{"status": 500, "saved": True}], method="POST")
+    assert sqlstate_of(api.row, start, (oid, "price_second")) == "58000"
+    new = api.row(start, (oid, "price_second"))
+    assert new["stripe_subscription_id"] != old["stripe_subscription_id"]
+    assert new["price_id"] == "price_second"
+    assert fake.requests("/v1/subscriptions", method="POST")[-1]["headers"]["Idempotency-Key"].endswith("-r1")
+
+
+def test_a_subscription_stripe_made_despite_its_saved_error_is_recorded_not_made_twice(api, fake):
+    oid = api.order(price="10.00", user_id="saved_500_made")
+    start = "SELECT * FROM payment.start_subscription(%s, 'price_monthly')"
+    api.conn.execute("SET pg_payment.max_network_retries = 0")
+    fake.faults("/v1/subscriptions", [{"status": 500, "saved": True}], method="POST")
+    assert sqlstate_of(api.row, start, (oid,)) == "58000"
+    first = fake.requests("/v1/subscriptions", method="POST")[0]["form"]
+    assert first["metadata"]["pg_payment_subscription_attempt"] == "0"
+    # Stripe did make it, with that call's parameters, and saved the 500 all the same.
+    form = {"customer": first["customer"], "items[0][price]": "price_monthly",
+            **{f"metadata[{k}]": v for k, v in first["metadata"].items()}}
+    req = urllib.request.Request(f"{fake.url}/v1/subscriptions", data=urllib.parse.urlencode(form).encode(),
+                                 headers={"Authorization": f"Bearer {ev.SECRET_KEY}",
+                                          "Idempotency-Key": "made-by-stripe-" + ev.stripe_id("k")})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        made_at_stripe = json.loads(r.read())
+    sub = api.row(start, (oid,))
+    assert sub["stripe_subscription_id"] == made_at_stripe["id"]
+    assert sub["client_secret"]  # read again with the first invoice expanded
+    keys = [r["headers"].get("Idempotency-Key") for r in fake.requests("/v1/subscriptions", method="POST")]
+    assert not any(k.endswith("-r1") for k in keys), keys
+    assert api.value("SELECT count(*) FROM payment.recurring_payments") == 1
