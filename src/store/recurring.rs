@@ -52,17 +52,21 @@ pub fn lock_by_subscription(
     locked(rows)
 }
 
+/// The table's CHECK allows Stripe's statuses only: anything else is a broken invariant.
+fn stored_status(status: Option<String>) -> Result<SubscriptionStatus> {
+    let status = required(status, "recurring_payments.status")?;
+    SubscriptionStatus::parse(&status).ok_or_else(|| {
+        PaymentError::Internal(format!("recurring_payments.status holds {status:?}"))
+    })
+}
+
 fn locked(mut rows: SpiTupleTable<'_>) -> Result<Option<LockedRecurring>> {
     let Some(row) = rows.next() else {
         return Ok(None);
     };
-    let status: String = required(row.get(2)?, "recurring_payments.status")?;
     Ok(Some(LockedRecurring {
         id: required(row.get(1)?, "recurring_payments.id")?,
-        // The table's CHECK allows Stripe's statuses only: anything else is a broken invariant.
-        status: SubscriptionStatus::parse(&status).ok_or_else(|| {
-            PaymentError::Internal(format!("recurring_payments.status holds {status:?}"))
-        })?,
+        status: stored_status(row.get(2)?)?,
         stripe_subscription_id: row.get(3)?,
         last_event_at: row.get(4)?,
         order_id: required(row.get(5)?, "recurring_payments.order_id")?,
@@ -195,12 +199,9 @@ pub fn live_of_order(client: &mut SpiClient<'_>, order_id: i64) -> Result<Option
     let Some(row) = rows.next() else {
         return Ok(None);
     };
-    let status: String = required(row.get(2)?, "recurring_payments.status")?;
     Ok(Some(LiveRecurring {
         id: required(row.get(1)?, "recurring_payments.id")?,
-        status: SubscriptionStatus::parse(&status).ok_or_else(|| {
-            PaymentError::Internal(format!("recurring_payments.status holds {status:?}"))
-        })?,
+        status: stored_status(row.get(2)?)?,
         price_id: row.get(3)?,
     }))
 }

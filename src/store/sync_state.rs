@@ -67,3 +67,19 @@ pub fn timestamptz_to_unix(t: TimestampWithTimeZone) -> i64 {
     let micros: i64 = t.into();
     micros.div_euclid(1_000_000) + POSTGRES_EPOCH_UNIX_S
 }
+
+static CREATED_JSON: Statement = Statement::new(
+    "SELECT pg_catalog.to_jsonb(pg_catalog.to_timestamp($1))",
+    &[INT8],
+);
+
+/// An event's `created` as the extension's other JSON shows a time (to_jsonb), which reads
+/// back as a timestamptz: what a `since` recovery passes to its next call.
+pub fn created_json(created: i64) -> Result<serde_json::Value> {
+    Spi::connect(|client| -> Result<serde_json::Value> {
+        let stmt = super::plan(client, &CREATED_JSON)?;
+        let json =
+            super::first_value::<pgrx::JsonB>(client.select(stmt, Some(1), &[created.into()])?)?;
+        Ok(json.map(|j| j.0).unwrap_or(serde_json::Value::Null))
+    })
+}

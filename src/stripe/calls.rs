@@ -6,7 +6,7 @@
 use super::client::{Client, Hooks, Method};
 use super::error::StripeError;
 use super::form::{Form, Param};
-use crate::objects::{Customer, List, PaymentIntent, Price, Refund, Subscription};
+use crate::objects::{Customer, HasId, List, PaymentIntent, Price, Refund, Subscription};
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 
@@ -76,7 +76,7 @@ impl Client {
     }
 
     /// The PaymentIntent's refund whose metadata holds every pair of `metadata` (and of
-    /// `amount`, when given), from `GET /v1/refunds?payment_intent=...`, all pages.
+    /// `amount`, when given).
     fn find_refund(
         &self,
         payment_intent: &str,
@@ -84,31 +84,41 @@ impl Client {
         metadata: &[(&str, &str)],
         hooks: Hooks<'_>,
     ) -> Result<Option<Refund>, StripeError> {
+        let filter = Form::new().push("payment_intent", payment_intent);
+        self.find_listed("/v1/refunds", &filter, hooks, |refund: &Refund| {
+            amount.is_none_or(|a| refund.amount == Some(a))
+                && has_metadata(&refund.metadata, metadata)
+        })
+    }
+
+    /// The first object of a list (`GET path?filter`, every page) that `wanted` accepts.
+    fn find_listed<T: DeserializeOwned + Clone + HasId>(
+        &self,
+        path: &str,
+        filter: &Form,
+        hooks: Hooks<'_>,
+        wanted: impl Fn(&T) -> bool,
+    ) -> Result<Option<T>, StripeError> {
         let Hooks {
             check_interrupts,
             on_attempt,
         } = hooks;
         let mut starting_after: Option<String> = None;
         loop {
-            let form = Form::new()
-                .push("payment_intent", payment_intent)
+            let form = filter
+                .clone()
                 .push("limit", 100)
                 .push_opt("starting_after", starting_after.as_deref());
             let hooks = Hooks {
                 check_interrupts,
                 on_attempt: &mut *on_attempt,
             };
-            let page: List<Refund> =
-                self.request(Method::Get, "/v1/refunds", &form, None, hooks)?;
-            let found = page.data.iter().find(|refund| {
-                amount.is_none_or(|a| refund.amount == Some(a))
-                    && has_metadata(&refund.metadata, metadata)
-            });
-            if let Some(found) = found {
+            let page: List<T> = self.request(Method::Get, path, &form, None, hooks)?;
+            if let Some(found) = page.data.iter().find(|item| wanted(item)) {
                 return Ok(Some(found.clone()));
             }
             match (page.has_more, page.data.last()) {
-                (true, Some(last)) => starting_after = Some(last.id.clone()),
+                (true, Some(last)) => starting_after = Some(last.id().to_string()),
                 _ => return Ok(None),
             }
         }
@@ -199,39 +209,27 @@ impl Client {
             check_interrupts,
             on_attempt,
         } = hooks;
-        let mut starting_after: Option<String> = None;
-        loop {
-            let form = Form::new()
-                .push("customer", customer)
-                .push("limit", 100)
-                .push_opt("starting_after", starting_after.as_deref());
-            let hooks = Hooks {
-                check_interrupts,
-                on_attempt: &mut *on_attempt,
-            };
-            let page: List<Subscription> =
-                self.request(Method::Get, "/v1/subscriptions", &form, None, hooks)?;
-            if let Some(found) = page
-                .data
-                .iter()
-                .find(|s| s.price_id() == Some(price) && has_metadata(&s.metadata, metadata))
-            {
-                let path = format!("/v1/subscriptions/{}", found.id);
-                let expand = first_invoice_expansion(&self.config.api_version);
-                let form = Form::new().push("expand", Param::List(vec![expand.into()]));
-                let hooks = Hooks {
-                    check_interrupts,
-                    on_attempt: &mut *on_attempt,
-                };
-                return self
-                    .request(Method::Get, &path, &form, None, hooks)
-                    .map(Some);
-            }
-            match (page.has_more, page.data.last()) {
-                (true, Some(last)) => starting_after = Some(last.id.clone()),
-                _ => return Ok(None),
-            }
-        }
+        let filter = Form::new().push("customer", customer);
+        let listing = Hooks {
+            check_interrupts,
+            on_attempt: &mut *on_attempt,
+        };
+        let found =
+            self.find_listed("/v1/subscriptions", &filter, listing, |s: &Subscription| {
+                s.price_id() == Some(price) && has_metadata(&s.metadata, metadata)
+            })?;
+        let Some(found) = found else {
+            return Ok(None);
+        };
+        let path = format!("/v1/subscriptions/{}", found.id);
+        let expand = first_invoice_expansion(&self.config.api_version);
+        let form = Form::new().push("expand", Param::List(vec![expand.into()]));
+        let hooks = Hooks {
+            check_interrupts,
+            on_attempt: &mut *on_attempt,
+        };
+        self.request(Method::Get, &path, &form, None, hooks)
+            .map(Some)
     }
 
     /// Cancels now (`DELETE /v1/subscriptions/{id}`, which takes no key) or

@@ -64,11 +64,13 @@ impl Report {
         }
     }
 
-    fn to_json(&self) -> Value {
-        let cursor = self
-            .cursor
-            .as_ref()
-            .map(|c| json!({"created": unix_to_rfc3339(c.created), "event_id": c.event_id}));
+    fn to_json(&self) -> Result<Value> {
+        let cursor = match &self.cursor {
+            Some(c) => {
+                json!({"created": sync_state::created_json(c.created)?, "event_id": c.event_id})
+            }
+            None => Value::Null,
+        };
         let mut v = json!({
             "seen": self.seen, "applied": self.applied, "duplicate": self.duplicate,
             "ignored": self.ignored, "failed": self.failed, "cursor": cursor, "done": self.done,
@@ -76,7 +78,7 @@ impl Report {
         if let Some(error) = &self.error {
             v["error"] = Value::String(error.clone());
         }
-        v
+        Ok(v)
     }
 }
 
@@ -252,39 +254,5 @@ pub fn sync(since: Option<i64>, max_events: i32, stripe: &dyn StripeReads) -> Re
             sync_state::save(cursor)?;
         }
     }
-    Ok(report.to_json())
-}
-
-/// `2026-12-02T05:43:19Z`: the UTC time of Unix seconds, as a timestamptz input.
-fn unix_to_rfc3339(seconds: i64) -> String {
-    let days = seconds.div_euclid(86_400);
-    let secs = seconds.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursor_times_read_as_utc() {
-        assert_eq!(unix_to_rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(unix_to_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(unix_to_rfc3339(1_796_190_199), "2026-12-02T05:43:19Z");
-    }
+    report.to_json()
 }
